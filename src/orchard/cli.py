@@ -1,0 +1,174 @@
+"""Command line: a thin layer over the Python API. User mistakes print one line and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from orchard import __version__
+from orchard.config import RunConfig, SparkOptions, parse_conf_pairs
+from orchard.errors import OrchardError
+
+
+def _split_list(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by `run` and `demo`."""
+    model = parser.add_argument_group("model")
+    model.add_argument("--weights", default="imagenet",
+                       help="'imagenet' (Keras file from ~/.keras/models, downloaded if possible), 'random' "
+                            "(seeded, for tests and smoke runs: features NOT meaningful) or a path to a Keras "
+                            "MobileNetV2 no-top .h5 weights file (default: imagenet)")
+    model.add_argument("--seed", type=int, default=0, help="seed for --weights random (default: 0)")
+    reduction = parser.add_argument_group("PCA")
+    choice = reduction.add_mutually_exclusive_group()
+    choice.add_argument("--k", type=int, help="number of principal components to keep")
+    choice.add_argument("--variance", type=float,
+                        help="keep the smallest k that explains this share of variance (default: 0.95)")
+    reduction.add_argument("--standardize", action="store_true",
+                           help="scale features to zero mean and unit variance before PCA")
+    output = parser.add_argument_group("output")
+    output.add_argument("--csv", action="store_true", help="also write CSV copies of every dataset under csv/")
+    output.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    guards = parser.add_argument_group("image guards")
+    guards.add_argument("--max-pixels", type=int, default=64_000_000,
+                        help="refuse images with more pixels than this (decompression bombs; default 64M)")
+    guards.add_argument("--max-bytes", type=int, default=50_000_000,
+                        help="refuse files larger than this many bytes (default 50 MB)")
+    spark = parser.add_argument_group("execution (does not change results)")
+    spark.add_argument("--master", help="Spark master URL, e.g. local[4], spark://host:7077, yarn "
+                                        "(default: spark-submit's choice, local[*] when run directly)")
+    spark.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
+                       help="extra Spark configuration, repeatable (e.g. --conf spark.executor.memory=4g)")
+    spark.add_argument("--batch-size", type=int, default=32, help="images per ONNX Runtime call (default 32)")
+    spark.add_argument("--threads", type=int,
+                       help="ONNX Runtime threads per Python worker (default: spark.task.cpus)")
+    spark.add_argument("--shard-size", type=int, default=4096,
+                       help="images per shard; a shard is the unit of resume and progress (default 4096)")
+    spark.add_argument("--images-per-task", type=int, default=256,
+                       help="images per Spark task inside a shard (default 256)")
+    spark.add_argument("--io-threads", type=int, default=8,
+                       help="concurrent file reads per Python worker (default 8)")
+    spark.add_argument("--no-progress", action="store_true", help="do not print progress lines")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="orchard", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"orchard {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser(
+        "run", help="featurise an image collection and reduce it with PCA",
+        description="List, decode, featurise (MobileNetV2, 1280-D) and reduce (PCA) an image collection; "
+                    "write features/, pca/, metadata/, errors/, variance/, model/ and run.json under --output. "
+                    "Rerunning the same command after an interruption resumes it.")
+    run.add_argument("input", help="folder or URI (file:, s3://, s3a://, hdfs://) of the collection; "
+                                   "class = parent folder, split = first-level folder (e.g. Training/Test)")
+    run.add_argument("--output", "-o", required=True, help="folder or URI to write results to")
+    run.add_argument("--classes", type=_split_list, default=(),
+                     help="comma-separated class globs to keep, e.g. 'Apple*,Banana'")
+    run.add_argument("--splits", type=_split_list, default=(),
+                     help="comma-separated splits (first-level folders) to keep, e.g. Training")
+    run.add_argument("--limit", type=int,
+                     help="process a deterministic, class-stratified sample of N images")
+    add_run_options(run)
+
+    sample = commands.add_parser("sample", help="generate a small Fruits-360-shaped collection")
+    sample.add_argument("directory", help="where to write it (Training/<class>/*.jpg, Test/<class>/*.jpg)")
+    _add_sample_options(sample)
+
+    demo = commands.add_parser(
+        "demo", help="generate a sample collection and run the pipeline on it",
+        description="Generate a sample, run the pipeline and print the summary. Uses the ImageNet weights "
+                    "when available; otherwise random weights, under a banner saying features are not "
+                    "meaningful.")
+    demo.add_argument("--directory", default="data/sample", help="where to generate the sample")
+    demo.add_argument("--output", "-o", default="out/demo", help="where to write results")
+    _add_sample_options(demo)
+    add_run_options(demo)
+    return parser
+
+
+def _add_sample_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--classes-count", type=int, default=6, help="number of classes (default 6)")
+    parser.add_argument("--train-per-class", type=int, default=30, help="Training images per class")
+    parser.add_argument("--test-per-class", type=int, default=10, help="Test images per class")
+    parser.add_argument("--sample-seed", type=int, default=0, help="seed of the generated images")
+
+
+def config_from_args(args: argparse.Namespace, input_uri: str, **overrides) -> RunConfig:
+    spark = SparkOptions(master=args.master, conf=parse_conf_pairs(args.conf))
+    values = dict(
+        input=input_uri, output=args.output, weights=args.weights, seed=args.seed, k=args.k,
+        variance=args.variance, standardize=args.standardize, csv=args.csv, overwrite=args.overwrite,
+        max_pixels=args.max_pixels, max_bytes=args.max_bytes, batch_size=args.batch_size, threads=args.threads,
+        shard_size=args.shard_size, images_per_task=args.images_per_task, io_threads=args.io_threads,
+        progress=not args.no_progress, spark=spark,
+    )
+    values.update(overrides)
+    return RunConfig(**values)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except OrchardError as error:
+        print(f"orchard: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("orchard: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    from orchard.pipeline import run
+
+    config = config_from_args(args, args.input, classes=args.classes, splits=args.splits, limit=args.limit)
+    result = run(config)
+    print(result.summary())
+    return 0
+
+
+def _sample_spec(args: argparse.Namespace):
+    from orchard.sample import SampleSpec
+
+    return SampleSpec(classes=args.classes_count, train_per_class=args.train_per_class,
+                      test_per_class=args.test_per_class, seed=args.sample_seed)
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from orchard.sample import make_sample
+
+    count = make_sample(args.directory, _sample_spec(args))
+    print(f"wrote {count} images under {args.directory}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from orchard.errors import WeightsError
+    from orchard.featurize.weights import locate_imagenet_file
+    from orchard.pipeline import run
+    from orchard.sample import make_sample
+
+    count = make_sample(args.directory, _sample_spec(args))
+    print(f"wrote {count} sample images under {args.directory}")
+    weights = args.weights
+    if weights == "imagenet":
+        try:
+            locate_imagenet_file()
+        except WeightsError as error:
+            print("=" * 78 + f"\nDEMO WITH RANDOM WEIGHTS: {error}\nThe pipeline runs end to end, but the "
+                  "features are NOT meaningful.\n" + "=" * 78, file=sys.stderr)
+            weights = "random"
+    result = run(config_from_args(args, args.directory, weights=weights, overwrite=True))
+    print(result.summary())
+    return 0
+
+
+COMMANDS = {"run": _run, "sample": _sample, "demo": _demo}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""One typed configuration object for a run, validated once at the edge (CLI or API)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from orchard.errors import ConfigError
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "webp", "tif", "tiff", "gif")
+WEIGHT_CHOICES = ("imagenet", "random")
+
+
+@dataclass(frozen=True)
+class SparkOptions:
+    """Where and how Spark runs; nothing here changes the results."""
+
+    master: str | None = None  # None: honour spark-submit / SPARK_MASTER, else local[*]
+    conf: dict[str, str] = field(default_factory=dict)
+    app_name: str = "orchard"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a run. Fields that change results are part of the fingerprint."""
+
+    input: str
+    output: str
+    # selection
+    classes: tuple[str, ...] = ()
+    splits: tuple[str, ...] = ()
+    limit: int | None = None
+    # model
+    weights: str = "imagenet"  # "imagenet", "random" or a path to a Keras .h5 weights file
+    seed: int = 0
+    # preprocessing guards
+    max_pixels: int = 64_000_000
+    max_bytes: int = 50_000_000
+    # reduction
+    k: int | None = None
+    variance: float | None = None
+    standardize: bool = False
+    # outputs
+    csv: bool = False
+    overwrite: bool = False
+    # execution (does not change results)
+    batch_size: int = 32
+    threads: int | None = None  # ONNX Runtime intra-op threads per Python worker; None: spark.task.cpus
+    shard_size: int = 4096
+    images_per_task: int = 256
+    io_threads: int = 8
+    progress: bool = True
+    spark: SparkOptions = field(default_factory=SparkOptions)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    @property
+    def random_weights(self) -> bool:
+        return self.weights == "random"
+
+    def fingerprint(self) -> str:
+        """A hash of the fields that change results; a resumed run must have the same one."""
+        keys = ("input", "classes", "splits", "limit", "weights", "seed", "max_pixels", "max_bytes")
+        payload = json.dumps({key: getattr(self, key) for key in keys}, sort_keys=True, default=list)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def validate(config: RunConfig) -> None:
+    """Raise ConfigError with a one-line message for the first invalid field."""
+    if not config.input:
+        raise ConfigError("input: give the folder or URI of the image collection")
+    if not config.output:
+        raise ConfigError("--output: give the folder or URI to write results to")
+    if config.limit is not None and config.limit < 1:
+        raise ConfigError(f"--limit must be at least 1, got {config.limit}")
+    if config.k is not None and config.variance is not None:
+        raise ConfigError("--k and --variance are exclusive: give one of them")
+    if config.k is not None and config.k < 1:
+        raise ConfigError(f"--k must be at least 1, got {config.k}")
+    if config.variance is not None and not 0.0 < config.variance <= 1.0:
+        raise ConfigError(f"--variance must be in (0, 1], got {config.variance}")
+    for name in ("batch_size", "shard_size", "images_per_task", "io_threads", "max_pixels", "max_bytes"):
+        if getattr(config, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
+    if config.threads is not None and config.threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {config.threads}")
+    if config.weights.strip() == "":
+        raise ConfigError("--weights: give 'imagenet', 'random' or the path of a Keras .h5 weights file")
+    if _same_location(config.input, config.output):
+        raise ConfigError("--output must not be the input folder: choose another folder")
+
+
+def effective_k_rule(config: RunConfig) -> tuple[str, float]:
+    """How many components to keep: ('k', K) or ('variance', share). Default: 95% of variance."""
+    if config.k is not None:
+        return "k", float(config.k)
+    return "variance", config.variance if config.variance is not None else 0.95
+
+
+def parse_conf_pairs(pairs: list[str]) -> dict[str, str]:
+    """Turn ['k=v', ...] from --conf into a dict, rejecting malformed entries."""
+    conf: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--conf expects key=value, got {pair!r}")
+        conf[key.strip()] = value.strip()
+    return conf
+
+
+def _same_location(a: str, b: str) -> bool:
+    return a.rstrip("/") == b.rstrip("/")

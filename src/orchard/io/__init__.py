@@ -1,0 +1,1 @@
+"""Input and output: filesystem layer (fs), listing and selection (listing), executor reads (reader)."""

@@ -1,0 +1,143 @@
+"""One filesystem layer for every file orchard reads or writes itself (pyarrow.fs), driver and executors.
+
+Spark reads and writes its datasets through Hadoop; everything else (image bytes on executors, run.json,
+stats files, reports) goes through here. URIs: local paths, file:/..., s3://, s3a://, s3n:// (S3 through
+pyarrow's S3 filesystem, AWS default credential chain), and whatever else pyarrow.fs understands.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import uuid
+from dataclasses import dataclass
+from functools import lru_cache
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+S3_SCHEMES = ("s3", "s3a", "s3n")
+
+
+@dataclass(frozen=True)
+class StorageOptions:
+    """S3 endpoint/region overrides (for S3-compatible servers); credentials always come from the AWS chain."""
+
+    endpoint: str | None = None
+    region: str | None = None
+
+    @classmethod
+    def from_env(cls) -> StorageOptions:
+        return cls(os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"),
+                   os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"))
+
+
+def resolve(uri: str, storage: StorageOptions | None = None) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path inside it) for a URI or local path."""
+    parsed = urlparse(uri)
+    scheme = parsed.scheme.lower()
+    if scheme in ("", "file") or len(scheme) == 1:  # len 1: a Windows drive letter
+        path = uri[len("file:") :] if scheme == "file" else uri
+        if path.startswith("//"):
+            path = "/" + path.lstrip("/")
+        return _local(), os.path.abspath(path)
+    if scheme in S3_SCHEMES:
+        storage = storage or StorageOptions.from_env()
+        return _s3(storage.endpoint, storage.region), parsed.netloc + parsed.path
+    filesystem, path = pafs.FileSystem.from_uri(uri)
+    return filesystem, path
+
+
+@lru_cache(maxsize=1)
+def _local() -> pafs.LocalFileSystem:
+    return pafs.LocalFileSystem()
+
+
+@lru_cache(maxsize=8)
+def _s3(endpoint: str | None, region: str | None) -> pafs.S3FileSystem:
+    kwargs: dict = {}
+    if endpoint:
+        parsed = urlparse(endpoint)
+        kwargs["endpoint_override"] = parsed.netloc or endpoint
+        kwargs["scheme"] = parsed.scheme or "https"
+    if region:
+        kwargs["region"] = region
+    return pafs.S3FileSystem(**kwargs)
+
+
+def join(base: str, *parts: str) -> str:
+    return posixpath.join(base.rstrip("/"), *parts)
+
+
+def is_local(uri: str) -> bool:
+    scheme = urlparse(uri).scheme.lower()
+    return scheme in ("", "file") or len(scheme) == 1
+
+
+def read_bytes(uri: str, storage: StorageOptions | None = None) -> bytes:
+    filesystem, path = resolve(uri, storage)
+    with filesystem.open_input_stream(path) as stream:
+        return stream.readall()
+
+
+def write_bytes(uri: str, data: bytes, storage: StorageOptions | None = None) -> None:
+    """Write a whole file so that readers never see it half-written (temp + move, or one S3 PUT)."""
+    filesystem, path = resolve(uri, storage)
+    parent = posixpath.dirname(path)
+    filesystem.create_dir(parent, recursive=True)
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        temp = posixpath.join(parent, f".{posixpath.basename(path)}.{uuid.uuid4().hex}.tmp")
+        with filesystem.open_output_stream(temp) as stream:
+            stream.write(data)
+        filesystem.move(temp, path)
+    else:
+        with filesystem.open_output_stream(path) as stream:
+            stream.write(data)
+
+
+def write_json(uri: str, payload: dict, storage: StorageOptions | None = None) -> None:
+    write_bytes(uri, (json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n").encode(), storage)
+
+
+def read_json(uri: str, storage: StorageOptions | None = None) -> dict:
+    return json.loads(read_bytes(uri, storage))
+
+
+def exists(uri: str, storage: StorageOptions | None = None) -> bool:
+    filesystem, path = resolve(uri, storage)
+    return filesystem.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def list_files(uri: str, storage: StorageOptions | None = None) -> list[str]:
+    """Base names of the files directly under a folder (empty if it does not exist)."""
+    filesystem, path = resolve(uri, storage)
+    if filesystem.get_file_info(path).type != pafs.FileType.Directory:
+        return []
+    infos = filesystem.get_file_info(pafs.FileSelector(path, recursive=False))
+    return sorted(posixpath.basename(info.path) for info in infos if info.type == pafs.FileType.File)
+
+
+def is_nonempty_dir(uri: str, storage: StorageOptions | None = None) -> bool:
+    filesystem, path = resolve(uri, storage)
+    if filesystem.get_file_info(path).type != pafs.FileType.Directory:
+        return False
+    return bool(filesystem.get_file_info(pafs.FileSelector(path, recursive=False)))
+
+
+def remove_tree(uri: str, storage: StorageOptions | None = None) -> None:
+    filesystem, path = resolve(uri, storage)
+    info = filesystem.get_file_info(path)
+    if info.type == pafs.FileType.Directory:
+        filesystem.delete_dir(path)
+    elif info.type == pafs.FileType.File:
+        filesystem.delete_file(path)
+
+
+def tree_size(uri: str, storage: StorageOptions | None = None) -> int:
+    """Total bytes of the files under a folder."""
+    filesystem, path = resolve(uri, storage)
+    if filesystem.get_file_info(path).type != pafs.FileType.Directory:
+        return 0
+    infos = filesystem.get_file_info(pafs.FileSelector(path, recursive=True))
+    return sum(info.size or 0 for info in infos if info.type == pafs.FileType.File)

@@ -1,0 +1,141 @@
+"""List an image collection with Spark's binaryFile source and select what a run processes.
+
+Labels and splits come from the folder layout: label = parent folder, split = first-level folder when
+the file is at least two folders deep (Fruits-360: Training/<class>/<image>). Selection (--classes,
+--splits, --limit) is pure pandas, deterministic and testable without Spark.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import math
+from urllib.parse import unquote
+
+import pandas as pd
+
+from orchard.config import IMAGE_EXTENSIONS, RunConfig
+from orchard.errors import ConfigError, OrchardError
+
+MANIFEST_COLUMNS = ["path", "rel", "label", "split", "size", "mtime"]
+
+
+def extension_glob(extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> str:
+    """A case-insensitive Hadoop glob for the extensions: *.{[jJ][pP][gG],...}."""
+    def insensitive(ext: str) -> str:
+        return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in ext)
+
+    return "*.{" + ",".join(insensitive(ext) for ext in extensions) + "}"
+
+
+def list_images(spark, root: str) -> pd.DataFrame:
+    """Every image file under `root` (recursive), as a manifest: path, rel, label, split, size, mtime.
+
+    Spark treats names starting with '.' or '_' as hidden and does not list them. Zero-byte files are
+    listed (with size 0) so that they end up in errors/ rather than vanish.
+    """
+    from pyspark.errors import AnalysisException
+
+    qualified_root = qualify(spark, root)
+    try:
+        source = (
+            spark.read.format("binaryFile")
+            .option("recursiveFileLookup", "true")
+            .option("pathGlobFilter", extension_glob())
+            .load(root)
+        )
+        frame = source.select("path", "length", "modificationTime").toPandas()  # content pruned: not read
+    except AnalysisException as exc:
+        if "PATH_NOT_FOUND" in str(exc) or "does not exist" in str(exc):
+            raise OrchardError(f"input {root} does not exist: give an existing folder or URI") from None
+        raise
+    paths, sizes, mtimes = frame["path"].tolist(), frame["length"].tolist(), frame["modificationTime"].tolist()
+    # Spark's scan drops zero-byte files; the file index still has them, and they must be accounted for.
+    index = source._jdf.inputFiles()
+    if len(index) != len(paths):
+        empty = sorted({_hadoop_path_string(uri) for uri in index} - set(paths))
+        paths, sizes, mtimes = paths + empty, sizes + [0] * len(empty), mtimes + [pd.NaT] * len(empty)
+    return build_manifest(paths, sizes, mtimes, qualified_root)
+
+
+def _hadoop_path_string(uri: str) -> str:
+    """file:///a%20b -> file:/a b: the form of binaryFile's `path` column (Hadoop Path.toString)."""
+    decoded = unquote(uri)
+    return "file:" + decoded[len("file://"):] if decoded.startswith("file:///") else decoded
+
+
+def qualify(spark, root: str) -> str:
+    """The root as Spark writes paths in binaryFile's `path` column (e.g. file:/abs/dir)."""
+    jvm = spark.sparkContext._jvm
+    path = jvm.org.apache.hadoop.fs.Path(root)
+    filesystem = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    return str(filesystem.makeQualified(path).toString()).rstrip("/")
+
+
+def build_manifest(paths: list[str], sizes: list[int], mtimes: list, root: str) -> pd.DataFrame:
+    """Manifest rows from listed paths: label and split parsed from the path relative to `root`."""
+    rels = [relative(path, root) for path in paths]
+    labels, splits = zip(*(label_and_split(rel) for rel in rels), strict=True) if rels else ((), ())
+    manifest = pd.DataFrame({
+        "path": paths, "rel": rels, "label": list(labels), "split": list(splits),
+        "size": pd.Series(sizes, dtype="int64"), "mtime": pd.to_datetime(pd.Series(mtimes)),
+    }, columns=MANIFEST_COLUMNS)
+    return manifest.sort_values("path", ignore_index=True)
+
+
+def relative(path: str, root: str) -> str:
+    prefix = root.rstrip("/") + "/"
+    return path[len(prefix):] if path.startswith(prefix) else path.rsplit("/", 1)[-1]
+
+
+def label_and_split(rel: str) -> tuple[str, str]:
+    """('Apple', 'Training') for Training/Apple/1.jpg; ('Apple', '') for Apple/1.jpg; ('', '') for 1.jpg."""
+    parts = rel.split("/")
+    label = parts[-2] if len(parts) >= 2 else ""
+    split = parts[0] if len(parts) >= 3 else ""
+    return label, split
+
+
+def select(manifest: pd.DataFrame, config: RunConfig) -> pd.DataFrame:
+    """Apply --classes, --splits and --limit; an empty result is a one-line error saying what exists."""
+    if manifest.empty:
+        raise ConfigError(
+            f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {config.input}: check the path"
+        )
+    selected = manifest
+    if config.splits:
+        selected = selected[selected["split"].isin(config.splits)]
+        if selected.empty:
+            found = sorted(set(manifest["split"]) - {""}) or ["none (no first-level folders)"]
+            raise ConfigError(f"--splits {','.join(config.splits)} matches no images; splits found: "
+                              f"{', '.join(found)}")
+    if config.classes:
+        keep = selected["label"].map(lambda label: any(fnmatch.fnmatchcase(label, p) for p in config.classes))
+        if not keep.any():
+            found = sorted(set(selected["label"]))
+            shown = ", ".join(found[:10]) + (f" ... ({len(found)} in all)" if len(found) > 10 else "")
+            raise ConfigError(f"--classes {','.join(config.classes)} matches no class; classes found: {shown}")
+        selected = selected[keep]
+    if config.limit is not None:
+        selected = stratified_sample(selected, config.limit)
+    return selected.sort_values("path", ignore_index=True)
+
+
+def stratified_sample(manifest: pd.DataFrame, limit: int) -> pd.DataFrame:
+    """`limit` images, split across classes in proportion to their size (largest remainder), chosen
+    by a hash of the relative path: the same N gives the same images on every run and machine."""
+    if limit >= len(manifest):
+        return manifest
+    counts = manifest.groupby("label").size().sort_index()
+    exact = counts * (limit / counts.sum())
+    quota = exact.map(math.floor)
+    remainder = (exact - quota).sort_values(ascending=False, kind="stable")
+    for label in remainder.index[: limit - int(quota.sum())]:
+        quota[label] += 1
+    ranked = manifest.assign(_key=manifest["rel"].map(_stable_hash)).sort_values(["label", "_key"])
+    ranked = ranked[ranked.groupby("label").cumcount() < ranked["label"].map(quota)]
+    return ranked.drop(columns="_key")
+
+
+def _stable_hash(text: str) -> str:
+    return hashlib.sha1(text.encode("utf8")).hexdigest()

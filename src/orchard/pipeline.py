@@ -1,0 +1,387 @@
+"""The run, stage by stage: list -> select -> featurise shards -> write datasets -> PCA -> run.json.
+
+Work is cut into shards of `shard_size` images (sorted by path). Each shard is one Spark job that writes
+its rows to `_work/rows/shard=N/`; then the driver writes `_work/stats/shard-N.json` LAST. Those stats
+files are the single source of truth for progress, the summary, and resume: a restarted run with the same
+command skips every shard that has a stats file. `_SUCCESS` and `run.json` are written last of all, so an
+output without them is incomplete.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import platform
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from orchard import __version__, reduce
+from orchard import spark as sparkglue
+from orchard.config import RunConfig
+from orchard.errors import AccountingError, ConfigError
+from orchard.featurize import weights
+from orchard.featurize.batch import WorkerSettings
+from orchard.io import fs, listing
+from orchard.preprocess import Limits
+from orchard.progress import Progress
+
+DATASETS = ("features", "pca", "metadata", "errors", "variance")
+TARGET_PART_BYTES = 128 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where everything lives under --output."""
+
+    root: str
+
+    def __getattr__(self, name: str) -> str:
+        if name in DATASETS or name == "model":
+            return fs.join(self.root, name)
+        raise AttributeError(name)
+
+    @property
+    def work(self) -> str:
+        return fs.join(self.root, "_work")
+
+    @property
+    def rows(self) -> str:
+        return fs.join(self.work, "rows")
+
+    @property
+    def stats(self) -> str:
+        return fs.join(self.work, "stats")
+
+    def shard_rows(self, shard: int) -> str:
+        return fs.join(self.rows, f"shard={shard:05d}")
+
+    def shard_stats(self, shard: int) -> str:
+        return fs.join(self.stats, f"shard-{shard:05d}.json")
+
+    @property
+    def run_json(self) -> str:
+        return fs.join(self.root, "run.json")
+
+    @property
+    def success(self) -> str:
+        return fs.join(self.root, "_SUCCESS")
+
+    def csv(self, dataset: str) -> str:
+        return fs.join(self.root, "csv", dataset)
+
+
+@dataclass
+class RunResult:
+    """What a finished run reports; `info` is the content of run.json."""
+
+    output: str
+    info: dict = field(default_factory=dict)
+
+    @property
+    def counts(self) -> dict:
+        return self.info["counts"]
+
+    def summary(self) -> str:
+        counts, timings, pca = self.info["counts"], self.info["timings"], self.info["pca"]
+        lines = [
+            f"images {counts['listed']}  classes {counts['classes']}  ok {counts['ok']}  "
+            f"errors {counts['errors']}",
+            f"seconds {timings['total']:.1f}  images/s {timings['images_per_second']:.1f}  "
+            f"(featurise {timings['featurize']:.1f}s, PCA {timings['pca']:.1f}s, write {timings['write']:.1f}s)",
+            f"PCA k={pca['k']} keeps {100 * pca['kept_variance']:.1f}% of the variance",
+            f"output {self.output}",
+        ]
+        if not self.info["model"]["meaningful"]:
+            lines.insert(0, "WARNING: " + self.info["model"]["description"])
+        return "\n".join(lines)
+
+
+class Timings(dict):
+    """Wall seconds per stage."""
+
+    @contextmanager
+    def stage(self, name: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[name] = self.get(name, 0.0) + time.perf_counter() - started
+
+
+def run(config: RunConfig, spark=None) -> RunResult:
+    """Run the whole pipeline for `config`; returns the run's summary (also written to run.json)."""
+    started = time.perf_counter()
+    layout = Layout(config.output)
+    state = output_state(config, layout)  # read-only: nothing is written before input and weights check out
+    timings = Timings()
+    spark = spark or sparkglue.get_session(config.spark)
+
+    with timings.stage("model"):
+        source = weights.resolve(config.weights, config.seed)
+    with timings.stage("listing"):
+        manifest, found = _load_or_list(spark, config, layout, state)
+    with timings.stage("featurize"):
+        shard_stats = featurize_shards(spark, manifest, source, config, layout)
+    with timings.stage("write"):
+        written = write_datasets(spark, layout, manifest)
+    with timings.stage("pca"):
+        pca_summary = reduce_features(spark, config, layout, written["ok"])
+    if config.csv:
+        with timings.stage("csv"):
+            write_csv(spark, layout, pca_summary.k)
+
+    info = run_info(config, spark, source, manifest, found, shard_stats, written, pca_summary, timings, started)
+    check_accounting(info["counts"])
+    fs.write_json(layout.run_json, info)
+    fs.write_bytes(layout.success, b"")
+    fs.remove_tree(layout.work)
+    return RunResult(config.output, info)
+
+
+def output_state(config: RunConfig, layout: Layout) -> str:
+    """'new', 'resume' (an interrupted run of the same config) or 'replace' (--overwrite); refuses the rest."""
+    if not (fs.exists(layout.success) or fs.is_nonempty_dir(layout.root)):
+        return "new"
+    if config.overwrite:
+        return "replace"
+    if fs.exists(layout.success):
+        raise ConfigError(f"output {config.output} already holds a finished run: pass --overwrite to replace it")
+    config_uri = fs.join(layout.work, "config.json")
+    if fs.exists(config_uri) and fs.read_json(config_uri).get("fingerprint") == config.fingerprint():
+        return "resume"
+    raise ConfigError(f"output {config.output} exists and is not an interrupted run of this command: "
+                      "pass --overwrite to replace it, or choose another folder")
+
+
+def _load_or_list(spark, config: RunConfig, layout: Layout, state: str) -> tuple[pd.DataFrame, int]:
+    """The selected images; a resumed run reuses the manifest it wrote, so shards stay the same."""
+    manifest_uri = fs.join(layout.work, "manifest.parquet")
+    if state == "resume" and fs.exists(manifest_uri):
+        table = pq.read_table(io.BytesIO(fs.read_bytes(manifest_uri)))
+        return table.to_pandas(), int(table.schema.metadata[b"found"])
+    found = listing.list_images(spark, config.input)
+    selected = listing.select(found, config)
+    if state == "replace":
+        fs.remove_tree(layout.root)
+    fs.write_json(fs.join(layout.work, "config.json"),
+                  {"fingerprint": config.fingerprint(), "config": config.to_dict()})
+    table = pa.Table.from_pandas(selected, preserve_index=False).replace_schema_metadata(
+        {"found": str(len(found))})
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    fs.write_bytes(manifest_uri, buffer.getvalue())
+    return selected, len(found)
+
+
+def shard_count(images: int, shard_size: int) -> int:
+    return max(1, math.ceil(images / shard_size))
+
+
+def featurize_shards(spark, manifest: pd.DataFrame, source, config: RunConfig, layout: Layout) -> list[dict]:
+    """Featurise every shard that has no stats file yet; returns the stats of all shards."""
+    shards = shard_count(len(manifest), config.shard_size)
+    done = {name for name in fs.list_files(layout.stats) if name.endswith(".json")}
+    todo = [s for s in range(shards) if layout.shard_stats(s).rsplit("/", 1)[-1] not in done]
+    finished = [fs.read_json(layout.shard_stats(s)) for s in range(shards) if s not in todo]
+    progress = Progress(len(manifest), sum(s["count"] for s in finished), enabled=config.progress)
+    if todo:
+        context = spark.sparkContext
+        model = sparkglue.broadcast_model(spark, source.onnx_bytes)
+        seconds = context.accumulator([0.0, 0.0, 0.0], sparkglue.StageSecondsParam())
+        settings = WorkerSettings(
+            threads=config.threads or sparkglue.task_cpus(spark), chunk=config.batch_size,
+            io_threads=config.io_threads, limits=Limits(config.max_pixels, config.max_bytes),
+            storage=fs.StorageOptions.from_env(),
+        )
+        udf = sparkglue.featurize_udf(model, source.onnx_sha256[:16], settings, seconds)
+        slots = sparkglue.task_slots(spark)
+        for shard in todo:
+            rows = manifest.iloc[shard * config.shard_size : (shard + 1) * config.shard_size]
+            before = list(seconds.value)
+            with _watch(context, f"orchard-shard-{shard}", progress, sum(s["count"] for s in finished), len(rows)):
+                started = time.perf_counter()
+                _run_shard(spark, udf, rows, layout.shard_rows(shard), slots, config.images_per_task)
+                elapsed = time.perf_counter() - started
+            stats = _shard_stats(shard, layout.shard_rows(shard), elapsed, before, list(seconds.value))
+            fs.write_json(layout.shard_stats(shard), stats)  # written last: the shard is now done
+            finished.append(stats)
+        model.destroy()
+    progress.close(sum(s["count"] for s in finished))
+    return sorted(finished, key=lambda s: s["shard"])
+
+
+def _run_shard(spark, udf, rows: pd.DataFrame, target: str, slots: int, images_per_task: int) -> None:
+    from pyspark.sql import functions as F
+
+    tasks = max(slots, math.ceil(len(rows) / images_per_task))
+    frame = spark.createDataFrame(rows[["path", "label", "split"]]).repartition(tasks)
+    result = frame.select("path", "label", "split", udf(F.col("path")).alias("r")).select(
+        "path", "label", "split", "r.*")
+    result.write.mode("overwrite").parquet(target)
+
+
+def _shard_stats(shard: int, rows_uri: str, elapsed: float, before: list[float], after: list[float]) -> dict:
+    filesystem, path = fs.resolve(rows_uri)
+    errors = pads.dataset(path, filesystem=filesystem, format="parquet").to_table(columns=["error"])["error"]
+    count, ok = len(errors), errors.null_count  # a null error means the image was featurised
+    worker = [b - a for a, b in zip(before, after, strict=True)]
+    return {"shard": shard, "count": count, "ok": ok, "errors": count - ok, "seconds": elapsed,
+            "worker_seconds": dict(zip(("read", "preprocess", "inference"), worker, strict=True))}
+
+
+@contextmanager
+def _watch(context, group: str, progress: Progress, done_before: int, shard_images: int):
+    """Run a shard under a Spark job group while a thread turns its task progress into image counts."""
+    context.setJobGroup(group, group)
+    stop = threading.Event()
+
+    def poll() -> None:
+        tracker = context.statusTracker()
+        while not stop.wait(0.5):
+            tasks = completed = 0
+            for job_id in tracker.getJobIdsForGroup(group):
+                job = tracker.getJobInfo(job_id)
+                for stage_id in job.stageIds if job else []:
+                    stage = tracker.getStageInfo(stage_id)
+                    if stage and stage.numTasks > 1:
+                        tasks, completed = tasks + stage.numTasks, completed + stage.numCompletedTasks
+            fraction = completed / tasks if tasks else 0.0
+            progress.update(done_before + int(fraction * shard_images))
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        context.setLocalProperty("spark.jobGroup.id", None)
+
+
+def part_count(rows: int, bytes_per_row: int) -> int:
+    """Enough Parquet parts to keep each near TARGET_PART_BYTES, and no more."""
+    return max(1, math.ceil(rows * bytes_per_row / TARGET_PART_BYTES))
+
+
+def _write_sorted(frame, uri: str, parts: int) -> None:
+    frame.repartitionByRange(parts, "path").sortWithinPartitions("path").write.mode("overwrite").parquet(uri)
+
+
+def write_datasets(spark, layout: Layout, manifest: pd.DataFrame) -> dict:
+    """features/, metadata/ and errors/ from the shard rows, sorted by path. Returns row counts."""
+    from pyspark.sql import functions as F
+
+    rows = spark.read.parquet(layout.rows).drop("shard")
+    ok = rows.where(F.col("error").isNull())
+    n_ok = ok.count()
+    n_rows = rows.count()
+    _write_sorted(ok.select("path", "label", "split", "features"), layout.features, part_count(n_ok, 5200))
+    metadata = rows.select("path", "label", "split", "bytes", "width", "height", "sha256",
+                           F.when(F.col("error").isNull(), "ok").otherwise("error").alias("status"))
+    _write_sorted(metadata, layout.metadata, part_count(n_rows, 200))
+    errors = rows.where(F.col("error").isNotNull()).select("path", "label", "split", "stage", "error")
+    _write_sorted(errors, layout.errors, 1)
+    distinct = rows.select("path").distinct().count()
+    by_stage = {r["stage"]: r["count"] for r in rows.where(F.col("error").isNotNull()).groupBy("stage").count()
+                .collect()}
+    return {"rows": n_rows, "ok": n_ok, "errors": n_rows - n_ok, "distinct_paths": distinct,
+            "errors_by_stage": by_stage, "classes": int(manifest["label"].nunique())}
+
+
+def reduce_features(spark, config: RunConfig, layout: Layout, n_ok: int) -> reduce.PcaSummary:
+    """Fit PCA on features/, write pca/, variance/ and the model/ folder."""
+    if n_ok < 2:
+        raise ConfigError(f"only {n_ok} image(s) could be featurised: PCA needs at least 2 (see errors/)")
+    features = spark.read.parquet(layout.features)
+    model, summary = reduce.fit(features, config)
+    _write_sorted(reduce.transform(model, features), layout.pca, part_count(n_ok, 4 * summary.k + 200))
+    model.write().overwrite().save(layout.model)
+    variance = pd.DataFrame({
+        "component": range(1, len(summary.explained) + 1),
+        "explained_variance": summary.explained,
+        "cumulative_variance": summary.cumulative,
+        "kept": [i < summary.k for i in range(len(summary.explained))],
+    })
+    spark.createDataFrame(variance).coalesce(1).write.mode("overwrite").parquet(layout.variance)
+    return summary
+
+
+def write_csv(spark, layout: Layout, k: int) -> None:
+    """CSV copies of every dataset; vectors become one column per value (f_0000.., pc_001..)."""
+    from pyspark.sql import functions as F
+
+    def widen(frame, column: str, width: int, name) -> object:
+        keep = [c for c in frame.columns if c != column]
+        return frame.select(*keep, *[F.col(column)[i].alias(name(i)) for i in range(width)])
+
+    frames = {
+        "features": widen(spark.read.parquet(layout.features), "features", 1280, lambda i: f"f_{i:04d}"),
+        "pca": widen(spark.read.parquet(layout.pca), "pca", k, lambda i: f"pc_{i + 1:03d}"),
+        "metadata": spark.read.parquet(layout.metadata),
+        "errors": spark.read.parquet(layout.errors),
+        "variance": spark.read.parquet(layout.variance),
+    }
+    for name, frame in frames.items():
+        frame.orderBy("path" if "path" in frame.columns else "component").write.mode("overwrite").option(
+            "header", "true").csv(layout.csv(name))
+
+
+def run_info(config, spark, source, manifest, found, shard_stats, written, pca_summary, timings, started) -> dict:
+    """The content of run.json: config, versions, model, counts, timings, explained variance."""
+    import numpy
+    import onnxruntime
+    import pyspark
+
+    total = time.perf_counter() - started
+    worker = {key: sum(s["worker_seconds"][key] for s in shard_stats) for key in ("read", "preprocess",
+                                                                                   "inference")}
+    timings = dict(timings, total=total, images_per_second=len(manifest) / total if total else 0.0,
+                   worker_seconds=worker)
+    return {
+        "orchard_version": __version__,
+        "status": "complete",
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "fingerprint": config.fingerprint(),
+        "config": config.to_dict(),
+        "versions": {"python": platform.python_version(), "pyspark": pyspark.__version__,
+                     "onnxruntime": onnxruntime.__version__, "numpy": numpy.__version__},
+        "spark": {"master": spark.sparkContext.master, "task_slots": sparkglue.task_slots(spark),
+                  "task_cpus": sparkglue.task_cpus(spark)},
+        "model": {"architecture": "MobileNetV2 1.0/224, top removed, global average pooling",
+                  "feature_dim": 1280, "runtime": "onnxruntime", "weights": source.kind,
+                  "description": source.description, "meaningful": source.meaningful,
+                  "weights_path": source.weights_path, "weights_sha256": source.weights_sha256,
+                  "onnx_sha256": source.onnx_sha256},
+        "counts": {"found": found, "listed": len(manifest), "ok": written["ok"], "errors": written["errors"],
+                   "rows": written["rows"], "distinct_paths": written["distinct_paths"],
+                   "classes": written["classes"], "errors_by_stage": written["errors_by_stage"]},
+        "shards": shard_stats,
+        "timings": timings,
+        "pca": pca_summary.to_dict(),
+        "outputs": {name: getattr(Layout(config.output), name) for name in (*DATASETS, "model")},
+    }
+
+
+def check_accounting(counts: dict) -> None:
+    """listed = ok + errors, one row per path; otherwise the run fails and never gets _SUCCESS."""
+    if counts["ok"] + counts["errors"] != counts["listed"] or counts["distinct_paths"] != counts["rows"]:
+        raise AccountingError(
+            f"accounting does not add up: listed {counts['listed']}, ok {counts['ok']}, errors "
+            f"{counts['errors']}, rows {counts['rows']}, distinct paths {counts['distinct_paths']}"
+        )
+
+
+def read_info(output: str) -> dict:
+    """run.json of a finished output; raises ConfigError when the output is incomplete."""
+    layout = Layout(output)
+    if not fs.exists(layout.success):
+        raise ConfigError(f"output {output} is incomplete (no _SUCCESS): rerun the same command to finish it")
+    return json.loads(fs.read_bytes(layout.run_json))

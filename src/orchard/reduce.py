@@ -1,0 +1,100 @@
+"""PCA with Spark MLlib: k given, or the smallest k that keeps a share of the variance.
+
+The fitted model is a PipelineModel (optional StandardScaler, then PCA) over a `vector` column made with
+`array_to_vector(features)`, so it transforms new feature rows later. Note: MLlib's PCAModel projects
+without centring (unlike scikit-learn); explained variance ratios are the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from orchard.config import RunConfig, effective_k_rule
+from orchard.errors import ConfigError
+from orchard.featurize.mobilenet import FEATURE_DIM
+
+
+@dataclass(frozen=True)
+class PcaSummary:
+    """What the reduction kept: k, the rule that chose it and the explained variance per component."""
+
+    k: int
+    rule: str  # "k" or "variance"
+    target: float
+    explained: list[float]  # ratio per component, for every component that was computed
+    standardized: bool
+
+    @property
+    def cumulative(self) -> list[float]:
+        return np.cumsum(self.explained).tolist()
+
+    @property
+    def kept_share(self) -> float:
+        return float(sum(self.explained[: self.k]))
+
+    def to_dict(self) -> dict:
+        return {"k": self.k, "rule": self.rule, "target": self.target, "standardized": self.standardized,
+                "kept_variance": self.kept_share, "explained_variance": self.explained,
+                "cumulative_variance": self.cumulative}
+
+
+def choose_k(explained: list[float], share: float) -> int:
+    """Smallest k whose cumulative explained variance reaches `share` (with float tolerance)."""
+    cumulative = np.cumsum(explained)
+    reached = np.nonzero(cumulative >= share - 1e-9)[0]
+    return int(reached[0]) + 1 if len(reached) else len(explained)
+
+
+def fit(features, config: RunConfig):
+    """Fit the reduction on a DataFrame with a `features` array column. Returns (PipelineModel, PcaSummary)."""
+    rule, target = effective_k_rule(config)
+    if rule == "k" and target > FEATURE_DIM:
+        raise ConfigError(f"--k {int(target)} is above the feature size {FEATURE_DIM}: choose k <= {FEATURE_DIM}")
+    vectors = with_vector(features).cache()
+    try:
+        if rule == "k":
+            model = _pipeline(int(target), config.standardize).fit(vectors)
+            summary = PcaSummary(int(target), rule, target, _explained(model), config.standardize)
+        else:
+            full = _pipeline(FEATURE_DIM, config.standardize).fit(vectors)
+            explained = _explained(full)
+            k = choose_k(explained, target)
+            model = full if k == FEATURE_DIM else _pipeline(k, config.standardize).fit(vectors)
+            summary = PcaSummary(k, rule, target, explained, config.standardize)
+    finally:
+        vectors.unpersist()
+    return model, summary
+
+
+def transform(model, features):
+    """Rows with a `features` array -> the same rows with `pca` (array<float>, k values) instead."""
+    from pyspark.ml.functions import vector_to_array
+
+    projected = model.transform(with_vector(features))
+    keep = [c for c in features.columns if c != "features"]
+    return projected.select(*keep, vector_to_array("pca_vector", "float32").alias("pca"))
+
+
+def with_vector(features):
+    from pyspark.ml.functions import array_to_vector
+
+    return features.withColumn("vector", array_to_vector("features"))
+
+
+def _pipeline(k: int, standardize: bool):
+    from pyspark.ml import Pipeline
+    from pyspark.ml.feature import PCA, StandardScaler
+
+    stages = []
+    source = "vector"
+    if standardize:
+        stages.append(StandardScaler(withMean=True, withStd=True, inputCol="vector", outputCol="scaled"))
+        source = "scaled"
+    stages.append(PCA(k=k, inputCol=source, outputCol="pca_vector"))
+    return Pipeline(stages=stages)
+
+
+def _explained(model) -> list[float]:
+    return [float(v) for v in model.stages[-1].explainedVariance.toArray()]

@@ -1,0 +1,92 @@
+"""All Spark glue in one place: the session factory, the model broadcast and the pandas UDF.
+
+The ONNX model bytes are read once on the driver and broadcast once (`SparkContext.broadcast`); each
+Python worker turns them into an ONNX Runtime session on first use and keeps it (runtime.worker_session),
+so a reused worker builds its session once, however many tasks and batches it serves.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+
+import pandas as pd
+
+from orchard.config import SparkOptions
+from orchard.featurize import runtime
+from orchard.featurize.batch import StageSeconds, WorkerSettings, featurize_paths
+
+RESULT_SCHEMA = (
+    "features array<float>, width int, height int, bytes bigint, sha256 string, stage string, error string"
+)
+
+SESSION_DEFAULTS = {
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    "spark.ui.showConsoleProgress": "false",
+    "spark.sql.shuffle.partitions": "8",
+    "spark.sql.parquet.compression.codec": "snappy",
+    "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
+    "spark.sql.sources.parallelPartitionDiscovery.parallelism": "16",
+    "spark.driver.memory": "4g",
+    "spark.python.worker.reuse": "true",
+}
+
+
+def get_session(options: SparkOptions | None = None):
+    """A SparkSession: `options.master` if given, else spark-submit's choice (local[*] by default).
+
+    Workers run this interpreter unless PYSPARK_PYTHON says otherwise (a venv's packages must be there).
+    """
+    from pyspark.sql import SparkSession
+
+    options = options or SparkOptions()
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    builder = SparkSession.builder.appName(options.app_name)
+    if options.master:  # else spark-submit decides: its --master, $MASTER, or local[*]
+        builder = builder.master(options.master)
+    for key, value in {**SESSION_DEFAULTS, **options.conf}.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(os.environ.get("ORCHARD_SPARK_LOG_LEVEL", "ERROR"))
+    return spark
+
+
+def task_slots(spark) -> int:
+    """How many tasks run at once: the cluster's cores divided by spark.task.cpus."""
+    task_cpus = int(spark.conf.get("spark.task.cpus", "1"))
+    return max(1, spark.sparkContext.defaultParallelism // task_cpus)
+
+
+def task_cpus(spark) -> int:
+    return int(spark.conf.get("spark.task.cpus", "1"))
+
+
+class StageSecondsParam:
+    """AccumulatorParam for [read, preprocess, inference] seconds summed over workers."""
+
+    def zero(self, value):
+        return [0.0, 0.0, 0.0]
+
+    def addInPlace(self, a, b):
+        return [x + y for x, y in zip(a, b, strict=True)]
+
+
+def broadcast_model(spark, onnx_bytes: bytes):
+    """Broadcast the model bytes once; executors fetch them once and workers read them on first use."""
+    return spark.sparkContext.broadcast(onnx_bytes)
+
+
+def featurize_udf(model_broadcast, model_key: str, settings: WorkerSettings, seconds_accumulator):
+    """A Scalar Iterator pandas UDF: path -> struct(features, width, height, bytes, sha256, stage, error)."""
+    from pyspark.sql.functions import pandas_udf
+
+    @pandas_udf(RESULT_SCHEMA)
+    def featurize(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
+        session = runtime.worker_session(model_key, lambda: model_broadcast.value, settings.threads)
+        for paths in batches:
+            seconds = StageSeconds()
+            yield featurize_paths(session, paths.tolist(), settings, seconds)
+            seconds_accumulator.add(seconds.as_list())
+
+    return featurize

@@ -1,0 +1,78 @@
+"""Listing with Spark's binaryFile source and the pure selection logic."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from orchard.config import RunConfig
+from orchard.errors import ConfigError, OrchardError
+from orchard.io import listing
+
+
+def manifest_of(rels: list[str]) -> pd.DataFrame:
+    root = "file:/data"
+    return listing.build_manifest([f"{root}/{r}" for r in rels], [1] * len(rels), [0] * len(rels), root)
+
+
+def config(**kwargs) -> RunConfig:
+    return RunConfig(input="/data", output="/out", **kwargs)
+
+
+def test_label_and_split_from_the_layout():
+    assert listing.label_and_split("Training/Apple Braeburn/1_100.jpg") == ("Apple Braeburn", "Training")
+    assert listing.label_and_split("Apple/1.jpg") == ("Apple", "")
+    assert listing.label_and_split("1.jpg") == ("", "")
+    assert listing.label_and_split("Test/a/b/c.png") == ("b", "Test")
+
+
+def test_extension_glob_is_case_insensitive():
+    glob = listing.extension_glob(("jpg", "png"))
+    assert glob == "*.{[jJ][pP][gG],[pP][nN][gG]}"
+
+
+def test_classes_and_splits_select():
+    manifest = manifest_of(["Training/Apple A/1.jpg", "Training/Apple B/1.jpg", "Training/Banana/1.jpg",
+                            "Test/Apple A/2.jpg", "Test/Banana/2.jpg"])
+    chosen = listing.select(manifest, config(classes=("Apple*",), splits=("Training",)))
+    assert chosen["rel"].tolist() == ["Training/Apple A/1.jpg", "Training/Apple B/1.jpg"]
+
+
+def test_empty_selection_is_a_clear_error():
+    manifest = manifest_of(["Training/Apple/1.jpg", "Test/Apple/2.jpg"])
+    with pytest.raises(ConfigError, match="classes found: Apple"):
+        listing.select(manifest, config(classes=("Kiwi",)))
+    with pytest.raises(ConfigError, match="splits found: Test, Training"):
+        listing.select(manifest, config(splits=("Validation",)))
+    with pytest.raises(ConfigError, match="no images"):
+        listing.select(manifest_of([]), config())
+
+
+def test_limit_is_stratified_and_deterministic():
+    rels = [f"Training/A/{i}.jpg" for i in range(60)] + [f"Training/B/{i}.jpg" for i in range(30)] + \
+           [f"Training/C/{i}.jpg" for i in range(10)]
+    manifest = manifest_of(rels)
+    first = listing.select(manifest, config(limit=20))
+    again = listing.select(manifest.sample(frac=1.0, random_state=4), config(limit=20))
+    assert first["path"].tolist() == again["path"].tolist()
+    assert first.groupby("label").size().to_dict() == {"A": 12, "B": 6, "C": 2}
+    assert len(listing.select(manifest, config(limit=7))) == 7
+    assert len(listing.select(manifest, config(limit=1000))) == 100
+
+
+def test_spark_listing_finds_images_with_odd_names(spark, sample_tree):
+    root, planted = sample_tree
+    manifest = listing.list_images(spark, str(root))
+    rels = set(manifest["rel"])
+    assert set(planted) <= rels
+    assert "Training/README.txt" not in rels
+    assert len(manifest) == 4 * 16 + len(planted)
+    assert manifest["path"].str.startswith("file:/").all()
+    assert set(manifest["split"]) == {"Training", "Test"}
+    row = manifest[manifest["rel"] == "Training/Odd Fruit é/page.JPG"].iloc[0]
+    assert row["label"] == "Odd Fruit é" and row["size"] > 0
+
+
+def test_missing_input_is_a_one_line_error(spark, tmp_path):
+    with pytest.raises(OrchardError, match="does not exist"):
+        listing.list_images(spark, str(tmp_path / "nowhere"))

@@ -1,0 +1,170 @@
+"""The whole pipeline on a real local Spark session and real files, read back with pandas, DuckDB, Spark."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+
+from orchard.config import RunConfig
+from orchard.errors import ConfigError
+from orchard.io import listing
+from orchard.pipeline import read_info, run
+
+CLASSES, PER_CLASS = 4, 16  # sample_tree: 4 classes x (12 train + 4 test)
+
+
+@pytest.fixture(scope="module")
+def finished(spark, sample_tree, tmp_path_factory):
+    root, planted = sample_tree
+    output = tmp_path_factory.mktemp("runs") / "main"
+    config = RunConfig(input=str(root), output=str(output), weights="random", seed=0, shard_size=40,
+                       images_per_task=16, progress=False)
+    return run(config, spark), output, planted
+
+
+def test_every_listed_file_is_accounted_for(finished):
+    result, output, planted = finished
+    counts = result.counts
+    expected_errors = sum(stage is not None for stage in planted.values())
+    assert counts["listed"] == CLASSES * PER_CLASS + len(planted)
+    assert counts["ok"] + counts["errors"] == counts["listed"]
+    assert counts["errors"] == expected_errors
+    assert counts["distinct_paths"] == counts["rows"] == counts["listed"]
+    assert (output / "_SUCCESS").exists()
+    assert not (output / "_work").exists()
+
+
+def test_errors_table_names_path_stage_and_reason(finished):
+    _, output, planted = finished
+    errors = pd.read_parquet(output / "errors")
+    assert list(errors.columns) == ["path", "label", "split", "stage", "error"]
+    by_name = {path.rsplit("/", 1)[-1]: row for path, row in zip(errors["path"], errors.itertuples(), strict=True)}
+    for rel, stage in planted.items():
+        name = rel.rsplit("/", 1)[-1]
+        if stage is None:
+            assert name not in by_name, f"{rel} should have been featurised"
+        else:
+            assert by_name[name].stage == stage
+            assert by_name[name].label == "Odd Fruit é"
+    assert "empty file" in by_name["zero bytes.jpg"].error
+    assert "truncated" in by_name["truncated.jpg"].error
+    assert "not a recognised image" in by_name["text.jpg"].error
+
+
+def test_features_are_1280_float32_and_vary_by_image(finished):
+    _, output, _ = finished
+    features = pd.read_parquet(output / "features")
+    assert list(features.columns) == ["path", "label", "split", "features"]
+    matrix = np.stack(features["features"].to_numpy())
+    assert matrix.shape == (CLASSES * PER_CLASS + 5, 1280) and matrix.dtype == np.float32
+    assert features["path"].is_monotonic_increasing
+    assert matrix.std(axis=0).mean() > 0.01  # random weights calibrated: not one vector for all
+    assert set(features["split"]) == {"Training", "Test"}
+
+
+def test_pca_metadata_and_variance(finished):
+    result, output, _ = finished
+    info = result.info
+    k = info["pca"]["k"]
+    pca = pd.read_parquet(output / "pca")
+    assert len(pca) == info["counts"]["ok"]
+    assert {len(v) for v in pca["pca"]} == {k}
+    assert pca["pca"].iloc[0].dtype == np.float32
+    assert info["pca"]["kept_variance"] >= 0.95 > sum(info["pca"]["explained_variance"][: k - 1])
+    variance = pd.read_parquet(output / "variance")
+    assert variance["kept"].sum() == k
+    assert np.allclose(variance["cumulative_variance"], np.cumsum(variance["explained_variance"]))
+    metadata = pd.read_parquet(output / "metadata")
+    assert len(metadata) == info["counts"]["listed"]
+    ok = metadata[metadata["status"] == "ok"]
+    assert (ok["width"] > 0).all() and ok["sha256"].str.len().eq(64).all()
+    rotated = metadata[metadata["path"].str.endswith("rotated exif.jpg")].iloc[0]
+    assert (rotated["width"], rotated["height"]) == (120, 80)  # original size, before rotation
+
+
+def test_run_json_describes_the_run(finished):
+    result, output, _ = finished
+    info = json.loads((output / "run.json").read_text())
+    assert info == json.loads(json.dumps(result.info, default=str))
+    assert info["model"]["weights"] == "random" and info["model"]["meaningful"] is False
+    assert "NOT meaningful" in info["model"]["description"]
+    assert set(info["timings"]) >= {"listing", "featurize", "write", "pca", "total", "images_per_second"}
+    assert len(info["shards"]) == 2 and sum(s["count"] for s in info["shards"]) == info["counts"]["listed"]
+    assert info["versions"]["pyspark"].startswith("3.5")
+    assert read_info(str(output))["fingerprint"] == info["fingerprint"]
+
+
+def test_outputs_read_with_duckdb_and_spark(finished, spark):
+    _, output, _ = finished
+    con = duckdb.connect()
+    rows = con.execute(f"select count(*), min(len(features)) from read_parquet('{output}/features/*.parquet')"
+                       ).fetchone()
+    assert rows == (CLASSES * PER_CLASS + 5, 1280)
+    per_label = dict(con.execute(
+        f"select label, count(*) from read_parquet('{output}/pca/*.parquet') group by label").fetchall())
+    assert per_label["Odd Fruit é"] == 5
+    assert spark.read.parquet(str(output / "metadata")).count() == CLASSES * PER_CLASS + 9
+
+
+def test_model_is_broadcast_and_built_once_per_python_worker(finished, build_log):
+    result, _, _ = finished
+    key = result.info["model"]["onnx_sha256"][:16]
+    builds = [line.split() for line in build_log.read_text().splitlines() if line.endswith(key)]
+    per_process = Counter(pid for pid, _ in builds)
+    assert builds, "no session was built"
+    assert set(per_process.values()) == {1}, per_process  # several shards and tasks, one build per worker
+    assert len(per_process) <= 2  # local[2]: at most two Python workers
+
+
+def test_saved_model_transforms_new_rows_like_the_run(finished, spark):
+    from pyspark.ml import PipelineModel
+
+    from orchard import reduce
+
+    _, output, _ = finished
+    model = PipelineModel.load(str(output / "model"))
+    features = spark.read.parquet(str(output / "features")).limit(5)
+    again = reduce.transform(model, features).toPandas().set_index("path")
+    written = pd.read_parquet(output / "pca").set_index("path").loc[again.index]
+    np.testing.assert_allclose(np.stack(again["pca"]), np.stack(written["pca"]), rtol=1e-6, atol=1e-6)
+
+
+def test_explained_variance_matches_scikit_learn(finished):
+    from sklearn.decomposition import PCA
+
+    result, output, _ = finished
+    matrix = np.stack(pd.read_parquet(output / "features")["features"].to_numpy()).astype(np.float64)
+    reference = PCA().fit(matrix).explained_variance_ratio_
+    ours = np.array(result.info["pca"]["explained_variance"])
+    np.testing.assert_allclose(ours[:10], reference[:10], rtol=1e-6)
+
+
+def test_k_standardize_limit_and_csv(spark, sample_tree, tmp_path):
+    root, _ = sample_tree
+    config = RunConfig(input=str(root), output=str(tmp_path / "out"), weights="random", k=3, standardize=True,
+                       limit=20, splits=("Training",), classes=("A*", "B*", "C*"), csv=True, progress=False)
+    result = run(config, spark)
+    manifest = listing.select(listing.list_images(spark, str(root)), config)
+    assert result.counts["listed"] == 20 == len(manifest)
+    assert result.info["pca"]["k"] == 3 and result.info["pca"]["standardized"]
+    pca = pd.read_parquet(tmp_path / "out" / "pca")
+    assert sorted(pca["path"]) == sorted(manifest["path"])
+    csv = pd.concat(pd.read_csv(p) for p in (tmp_path / "out" / "csv" / "pca").glob("*.csv"))
+    assert list(csv.columns) == ["path", "label", "split", "pc_001", "pc_002", "pc_003"]
+    assert len(csv) == 20
+
+
+def test_existing_output_is_not_overwritten(spark, sample_tree, tmp_path):
+    root, _ = sample_tree
+    target = tmp_path / "taken"
+    target.mkdir()
+    (target / "precious.txt").write_text("keep me")
+    config = RunConfig(input=str(root), output=str(target), weights="random", progress=False)
+    with pytest.raises(ConfigError, match="--overwrite"):
+        run(config, spark)
+    assert (target / "precious.txt").read_text() == "keep me"
