@@ -168,3 +168,21 @@ def test_existing_output_is_not_overwritten(spark, sample_tree, tmp_path):
     with pytest.raises(ConfigError, match="--overwrite"):
         run(config, spark)
     assert (target / "precious.txt").read_text() == "keep me"
+
+
+def test_truncated_model_equals_a_fit_with_k(finished, spark):
+    from orchard import reduce
+    from orchard.config import RunConfig
+
+    _, output, _ = finished
+    features = spark.read.parquet(str(output / "features"))
+    vectors = reduce.with_vector(features)
+    base = RunConfig(input="in", output="out", k=1280)
+    full, _ = reduce.fit(features, base)
+    direct, _ = reduce.fit(features, RunConfig(input="in", output="out", k=7))
+    truncated = reduce.truncate(full, 7)
+    assert truncated.stages[-1].getK() == 7
+    a = np.stack([r.pca_vector.toArray() for r in truncated.transform(vectors).orderBy("path").collect()])
+    b = np.stack([r.pca_vector.toArray() for r in direct.transform(vectors).orderBy("path").collect()])
+    # eigenvectors are defined up to sign
+    np.testing.assert_allclose(np.abs(a), np.abs(b), rtol=1e-6, atol=1e-6)

@@ -42,7 +42,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                                         "(default: spark-submit's choice, local[*] when run directly)")
     spark.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
                        help="extra Spark configuration, repeatable (e.g. --conf spark.executor.memory=4g)")
-    spark.add_argument("--batch-size", type=int, default=32, help="images per ONNX Runtime call (default 32)")
+    spark.add_argument("--batch-size", type=int, default=8,
+                       help="images per ONNX Runtime call (default 8: faster than 32 on 2-core machines)")
     spark.add_argument("--threads", type=int,
                        help="ONNX Runtime threads per Python worker (default: spark.task.cpus)")
     spark.add_argument("--shard-size", type=int, default=4096,

@@ -46,7 +46,7 @@ class RunConfig:
     csv: bool = False
     overwrite: bool = False
     # execution (does not change results)
-    batch_size: int = 32
+    batch_size: int = 8
     threads: int | None = None  # ONNX Runtime intra-op threads per Python worker; None: spark.task.cpus
     shard_size: int = 4096
     images_per_task: int = 256

@@ -280,20 +280,19 @@ def write_datasets(spark, layout: Layout, manifest: pd.DataFrame) -> dict:
     from pyspark.sql import functions as F
 
     rows = spark.read.parquet(layout.rows).drop("shard")
+    totals = rows.agg(F.count("*").alias("rows"), F.countDistinct("path").alias("distinct"),
+                      F.count(F.when(F.col("error").isNull(), 1)).alias("ok")).first()
     ok = rows.where(F.col("error").isNull())
-    n_ok = ok.count()
-    n_rows = rows.count()
-    _write_sorted(ok.select("path", "label", "split", "features"), layout.features, part_count(n_ok, 5200))
+    _write_sorted(ok.select("path", "label", "split", "features"), layout.features, part_count(totals["ok"], 5200))
     metadata = rows.select("path", "label", "split", "bytes", "width", "height", "sha256",
                            F.when(F.col("error").isNull(), "ok").otherwise("error").alias("status"))
-    _write_sorted(metadata, layout.metadata, part_count(n_rows, 200))
+    _write_sorted(metadata, layout.metadata, part_count(totals["rows"], 200))
     errors = rows.where(F.col("error").isNotNull()).select("path", "label", "split", "stage", "error")
     _write_sorted(errors, layout.errors, 1)
-    distinct = rows.select("path").distinct().count()
-    by_stage = {r["stage"]: r["count"] for r in rows.where(F.col("error").isNotNull()).groupBy("stage").count()
-                .collect()}
-    return {"rows": n_rows, "ok": n_ok, "errors": n_rows - n_ok, "distinct_paths": distinct,
-            "errors_by_stage": by_stage, "classes": int(manifest["label"].nunique())}
+    by_stage = {r["stage"]: r["count"] for r in errors.groupBy("stage").count().collect()}
+    return {"rows": totals["rows"], "ok": totals["ok"], "errors": totals["rows"] - totals["ok"],
+            "distinct_paths": totals["distinct"], "errors_by_stage": by_stage,
+            "classes": int(manifest["label"].nunique())}
 
 
 def reduce_features(spark, config: RunConfig, layout: Layout, n_ok: int) -> reduce.PcaSummary:
@@ -354,7 +353,7 @@ def run_info(config, spark, source, manifest, found, shard_stats, written, pca_s
         "versions": {"python": platform.python_version(), "pyspark": pyspark.__version__,
                      "onnxruntime": onnxruntime.__version__, "numpy": numpy.__version__},
         "spark": {"master": spark.sparkContext.master, "task_slots": sparkglue.task_slots(spark),
-                  "task_cpus": sparkglue.task_cpus(spark)},
+                  "task_cpus": sparkglue.task_cpus(spark), **sparkglue.linear_algebra(spark)},
         "model": {"architecture": "MobileNetV2 1.0/224, top removed, global average pooling",
                   "feature_dim": 1280, "runtime": "onnxruntime", "weights": source.kind,
                   "description": source.description, "meaningful": source.meaningful,

@@ -61,11 +61,46 @@ def fit(features, config: RunConfig):
             full = _pipeline(FEATURE_DIM, config.standardize).fit(vectors)
             explained = _explained(full)
             k = choose_k(explained, target)
-            model = full if k == FEATURE_DIM else _pipeline(k, config.standardize).fit(vectors)
+            model = truncate(full, k)
             summary = PcaSummary(k, rule, target, explained, config.standardize)
     finally:
         vectors.unpersist()
     return model, summary
+
+
+def truncate(model, k: int):
+    """The same PipelineModel keeping only the first k components (no second pass over the data).
+
+    MLlib computes every component in one eigen-decomposition; keeping k columns of its matrix gives
+    exactly the model a fit with k would give (checked in the tests), without paying for that fit again.
+    """
+    from pyspark.ml import PipelineModel
+
+    full = model.stages[-1]
+    if full.getK() == k:
+        return model
+    components = full.pc.toArray()[:, :k]
+    return PipelineModel([*model.stages[:-1], _pca_model(full, components, full.explainedVariance.toArray()[:k])])
+
+
+def _pca_model(template, components, explained):
+    """A PCAModel with the given component matrix, carrying the template's columns and uid."""
+    from pyspark import SparkContext
+    from pyspark.ml.common import _py2java
+    from pyspark.ml.feature import PCAModel
+    from pyspark.ml.linalg import DenseMatrix, DenseVector
+
+    context = SparkContext._active_spark_context
+    rows, k = components.shape
+    matrix = DenseMatrix(rows, k, components.flatten(order="F").tolist())
+    java = context._jvm.org.apache.spark.ml.feature.PCAModel(
+        template.uid, _py2java(context, matrix), _py2java(context, DenseVector(explained)))
+    java.set(java.getParam("k"), k)
+    java.setInputCol(template.getInputCol())
+    java.setOutputCol(template.getOutputCol())
+    model = PCAModel(java)
+    model._transfer_params_from_java()
+    return model
 
 
 def transform(model, features):

@@ -32,6 +32,14 @@ class SampleSpec:
     size: int = 100
     quality: int = 95
     seed: int = 0
+    total: int | None = None  # exact number of Training images, spread over the classes (no Test split)
+
+    def counts(self, class_index: int) -> tuple[tuple[str, int], ...]:
+        """(split, images) for one class."""
+        if self.total is not None:
+            share = self.total // self.classes + (class_index < self.total % self.classes)
+            return (("Training", share),)
+        return (("Training", self.train_per_class), ("Test", self.test_per_class))
 
 
 def class_names(count: int) -> list[str]:
@@ -52,7 +60,7 @@ def make_sample(directory: str | Path, spec: SampleSpec = SampleSpec()) -> int:
         style = np.random.default_rng([spec.seed, class_index])
         base = style.integers(30, 230, 3)
         aspect, lobes, texture = style.uniform(0.6, 1.0), int(style.integers(0, 4)), style.uniform(0, 40)
-        for split, count in (("Training", spec.train_per_class), ("Test", spec.test_per_class)):
+        for split, count in spec.counts(class_index):
             folder = root / split / name
             folder.mkdir(parents=True, exist_ok=True)
             for index in range(count):

@@ -62,6 +62,13 @@ def task_cpus(spark) -> int:
     return int(spark.conf.get("spark.task.cpus", "1"))
 
 
+def linear_algebra(spark) -> dict:
+    """Which BLAS/LAPACK the driver JVM uses for MLlib (native ones make the PCA fit several times faster)."""
+    netlib = spark.sparkContext._jvm.dev.ludovic.netlib
+    return {"jvm_blas": str(netlib.blas.BLAS.getInstance().getClass().getSimpleName()),
+            "jvm_lapack": str(netlib.lapack.LAPACK.getInstance().getClass().getSimpleName())}
+
+
 class StageSecondsParam:
     """AccumulatorParam for [read, preprocess, inference] seconds summed over workers."""
 

@@ -22,7 +22,7 @@ class WorkerSettings:
     """What a Python worker needs besides the model; small and picklable."""
 
     threads: int = 1
-    chunk: int = 32
+    chunk: int = 8
     io_threads: int = 8
     limits: Limits = field(default_factory=Limits)
     storage: fs.StorageOptions = field(default_factory=fs.StorageOptions)

@@ -43,8 +43,8 @@ def worker_session(model_key: str, load_bytes, threads: int) -> ort.InferenceSes
     return session
 
 
-def embed(session: ort.InferenceSession, images: np.ndarray, chunk: int = 32) -> np.ndarray:
-    """uint8 [N, 224, 224, 3] -> float32 [N, 1280], run in chunks (throughput drops past ~32 here)."""
+def embed(session: ort.InferenceSession, images: np.ndarray, chunk: int = 8) -> np.ndarray:
+    """uint8 [N, 224, 224, 3] -> float32 [N, 1280], run in chunks (small chunks stay in cache: faster)."""
     if len(images) == 0:
         return np.zeros((0, FEATURE_DIM), np.float32)
     parts = [

@@ -1,0 +1,199 @@
+"""End-to-end benchmark of `orchard run` on generated Fruits-360-shaped data.
+
+    python benchmarks/bench.py --sizes 2000            # the README's quick benchmark
+    python benchmarks/bench.py --sizes 2000 10000 67692
+
+For each size N it generates (once, then reuses) N 100x100 JPEGs over 131 classes under benchmarks/data/,
+runs `orchard run` in a fresh process (its own Spark JVM, as a user would), samples the memory of the
+driver, the JVM and the Python workers while it runs, and reads the stage timings from run.json.
+Results go to benchmarks/results/<date>-<host>.json and .md (a markdown table the README quotes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+HERE = Path(__file__).resolve().parent
+CLASSES = 131
+
+
+
+def dataset(size: int, folder: Path) -> Path:
+    """folder/fruits-N: N Training images over 131 classes, generated once and reused."""
+    from orchard.sample import SampleSpec, make_sample
+
+    root = folder / f"fruits-{size}"
+    marker = root / ".complete"
+    if not marker.exists():
+        shutil.rmtree(root, ignore_errors=True)
+        make_sample(root, SampleSpec(classes=CLASSES, total=size, seed=42))
+        marker.write_text("ok\n")
+    return root
+
+
+class MemorySampler:
+    """Peak RSS of the driver process, its JVM and the largest Python worker, polled every 0.2 s."""
+
+    def __init__(self, pid: int):
+        self.root = psutil.Process(pid)
+        self.peaks = {"driver_mb": 0.0, "jvm_mb": 0.0, "python_worker_mb": 0.0, "total_mb": 0.0}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.2):
+            try:
+                processes = [self.root, *self.root.children(recursive=True)]
+                total = 0.0
+                for process in processes:
+                    rss = process.memory_info().rss / 2**20
+                    total += rss
+                    name = " ".join(process.cmdline()[:3])
+                    key = ("driver_mb" if process.pid == self.root.pid else
+                           "jvm_mb" if "java" in name else "python_worker_mb")
+                    self.peaks[key] = max(self.peaks[key], rss)
+                self.peaks["total_mb"] = max(self.peaks["total_mb"], total)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+
+
+def run_orchard(data: Path, output: Path, extra: list[str]) -> dict:
+    """One `orchard run` in a subprocess; returns run.json plus wall time and peak memory."""
+    shutil.rmtree(output, ignore_errors=True)
+    command = [sys.executable, "-m", "orchard.cli", "run", str(data), "--output", str(output), "--no-progress",
+               *extra]
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
+    started = time.perf_counter()
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with MemorySampler(process.pid) as sampler:
+        stdout, stderr = process.communicate()
+    wall = time.perf_counter() - started
+    if process.returncode != 0:
+        raise SystemExit(f"orchard run failed ({process.returncode}):\n{stderr[-3000:]}")
+    info = json.loads((output / "run.json").read_text())
+    size_mb = sum(f.stat().st_size for f in output.rglob("*") if f.is_file()) / 2**20
+    return {"info": info, "wall_s": wall, "memory": sampler.peaks, "output_mb": size_mb, "stdout": stdout}
+
+
+def measure_ceiling(weights: str, seconds: float) -> dict:
+    """ONNX Runtime alone on this machine, 2 threads, batch 8: the inference-only upper bound."""
+    import numpy as np
+
+    from orchard.featurize import runtime
+    from orchard.featurize.weights import resolve
+
+    session = runtime.make_session(resolve(weights).onnx_bytes, 2)
+    images = np.random.default_rng(0).integers(0, 256, (64, 224, 224, 3), dtype=np.uint8)
+    runtime.embed(session, images, 8)
+    started, done = time.perf_counter(), 0
+    while time.perf_counter() - started < seconds:
+        runtime.embed(session, images, 8)
+        done += len(images)
+    return {"ort_alone_2_threads_images_per_s": done / (time.perf_counter() - started)}
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    if Path("/proc/cpuinfo").exists():
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        flags = Path("/proc/cpuinfo").read_text()
+        cpu += " (AVX-512)" if "avx512f" in flags else " (AVX2)" if "avx2" in flags else ""
+    import onnxruntime
+    import pyspark
+
+    return {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count(),
+            "memory_gb": round(psutil.virtual_memory().total / 2**30), "python": platform.python_version(),
+            "pyspark": pyspark.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+def row(size: int, result: dict, ceiling: float) -> dict:
+    info, timings = result["info"], result["info"]["timings"]
+    total = timings["total"]
+    return {
+        "images": size, "ok": info["counts"]["ok"], "seconds": round(total, 1),
+        "images_per_s": round(size / total, 1),
+        "featurize_images_per_s": round(size / timings["featurize"], 1),
+        "share_of_ort_alone": round(size / total / ceiling, 3),
+        "stages_s": {k: round(timings.get(k, 0.0), 2) for k in ("listing", "model", "featurize", "write", "pca")},
+        "worker_s": {k: round(v, 2) for k, v in timings["worker_seconds"].items()},
+        "peak_memory_mb": {k: round(v) for k, v in result["memory"].items()},
+        "output_mb": round(result["output_mb"], 1), "pca_k": info["pca"]["k"],
+    }
+
+
+def markdown(report: dict) -> str:
+    m = report["machine"]
+    lines = [
+        f"Benchmark {report['date']} on {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GiB; "
+        f"Python {m['python']}, pyspark {m['pyspark']}, onnxruntime {m['onnxruntime']}; weights "
+        f"{report['weights']}. ONNX Runtime alone (2 threads): {report['ceiling']:.0f} images/s.",
+        "",
+        "| images | end-to-end s | images/s | featurise images/s | share of ORT alone | listing s | "
+        "featurise s | write s | PCA s | peak driver / JVM / worker MB | output MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["runs"]:
+        s, mem = r["stages_s"], r["peak_memory_mb"]
+        lines.append(
+            f"| {r['images']} | {r['seconds']} | {r['images_per_s']} | {r['featurize_images_per_s']} | "
+            f"{100 * r['share_of_ort_alone']:.0f}% | {s['listing']} | {s['featurize']} | {s['write']} | {s['pca']} | "
+            f"{mem['driver_mb']} / {mem['jvm_mb']} / {mem['python_worker_mb']} | {r['output_mb']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[2000], help="dataset sizes to run")
+    parser.add_argument("--weights", default="random",
+                        help="weights for the run (random by default: same compute as ImageNet weights)")
+    parser.add_argument("--results", default=str(HERE / "results"), help="folder for the JSON and markdown")
+    parser.add_argument("--data", default=str(HERE / "data"), help="where generated datasets are kept")
+    parser.add_argument("--work", default=str(HERE / "data" / "out"), help="scratch folder for outputs")
+    parser.add_argument("--ceiling-seconds", type=float, default=5.0,
+                        help="how long to time ONNX Runtime alone (the inference ceiling)")
+    parser.add_argument("extra", nargs=argparse.REMAINDER, help="after --: extra `orchard run` options")
+    args = parser.parse_args(argv)
+    extra = ["--weights", args.weights, *[a for a in args.extra if a != "--"]]
+
+    ceiling = measure_ceiling(args.weights, args.ceiling_seconds)["ort_alone_2_threads_images_per_s"]
+    report = {"date": datetime.date.today().isoformat(), "machine": machine(), "weights": args.weights,
+              "ceiling": ceiling, "extra_options": extra, "runs": []}
+    for size in args.sizes:
+        data = dataset(size, Path(args.data))
+        result = run_orchard(data, Path(args.work) / f"fruits-{size}", extra)
+        report["runs"].append(row(size, result, ceiling))
+        print(json.dumps(report["runs"][-1]), flush=True)
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    stem = results / f"{report['date']}-{'-'.join(map(str, args.sizes))}"
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(markdown(report))
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""The benchmark harness runs end to end at a tiny N (timings belong to the benchmark, not to tests)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
+
+
+def test_benchmark_harness_runs_and_writes_results(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    code = bench.main(["--sizes", "150", "--data", str(tmp_path / "data"), "--work", str(tmp_path / "work"),
+                       "--results", str(tmp_path / "results"), "--ceiling-seconds", "0.5", "--", "--k", "5"])
+    assert code == 0
+    report = json.loads(next((tmp_path / "results").glob("*.json")).read_text())
+    run = report["runs"][0]
+    assert run["images"] == run["ok"] == 150
+    assert run["pca_k"] == 5 and run["images_per_s"] > 0
+    assert run["peak_memory_mb"]["jvm_mb"] > 0 and run["peak_memory_mb"]["python_worker_mb"] > 0
+    assert len(list((tmp_path / "data" / "fruits-150" / "Training").iterdir())) == 131
+    table = next((tmp_path / "results").glob("*.md")).read_text()
+    assert "| 150 |" in table
