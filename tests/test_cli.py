@@ -64,3 +64,13 @@ def test_sample_then_run_prints_a_summary(tmp_path):
     assert json.loads((out / "run.json").read_text())["pca"]["k"] == 4
     again = orchard("run", str(data), "--output", str(out), "--weights", "random")
     assert again.returncode == 2 and "already holds a finished run" in again.stderr
+
+
+def test_demo_without_imagenet_weights_says_features_are_not_meaningful(tmp_path):
+    result = orchard("demo", "--directory", str(tmp_path / "sample"), "--output", str(tmp_path / "out"),
+                     "--classes-count", "3", "--train-per-class", "5", "--test-per-class", "2", "--k", "3")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "DEMO WITH RANDOM WEIGHTS" in result.stderr and "NOT meaningful" in result.stderr
+    assert "images 21  classes 3  ok 21  errors 0" in result.stdout
+    info = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert info["model"]["weights"] == "random"

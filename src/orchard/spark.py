@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pandas as pd
 
@@ -21,6 +22,7 @@ RESULT_SCHEMA = (
     "features array<float>, width int, height int, bytes bigint, sha256 string, stage string, error string"
 )
 
+LOG_CONFIG = Path(__file__).with_name("log4j2.properties")
 SESSION_DEFAULTS = {
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     "spark.ui.showConsoleProgress": "false",
@@ -45,7 +47,8 @@ def get_session(options: SparkOptions | None = None):
     builder = SparkSession.builder.appName(options.app_name)
     if options.master:  # else spark-submit decides: its --master, $MASTER, or local[*]
         builder = builder.master(options.master)
-    for key, value in {**SESSION_DEFAULTS, **options.conf}.items():
+    quiet = {"spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={LOG_CONFIG}"}
+    for key, value in {**SESSION_DEFAULTS, **quiet, **options.conf}.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("ORCHARD_SPARK_LOG_LEVEL", "ERROR"))
