@@ -1,7 +1,7 @@
 """End-to-end benchmark of `orchard run` on generated Fruits-360-shaped data.
 
     python benchmarks/bench.py --sizes 2000            # the README's quick benchmark
-    python benchmarks/bench.py --sizes 2000 10000 67692
+    python benchmarks/bench.py --sizes 2000 10000 67692 --baselines reference fair
 
 For each size N it generates (once, then reuses) N 100x100 JPEGs over 131 classes under benchmarks/data/,
 runs `orchard run` in a fresh process (its own Spark JVM, as a user would), samples the memory of the
@@ -77,11 +77,8 @@ class MemorySampler:
                 continue
 
 
-def run_orchard(data: Path, output: Path, extra: list[str]) -> dict:
-    """One `orchard run` in a subprocess; returns run.json plus wall time and peak memory."""
-    shutil.rmtree(output, ignore_errors=True)
-    command = [sys.executable, "-m", "orchard.cli", "run", str(data), "--output", str(output), "--no-progress",
-               *extra]
+def run_measured(command: list[str]) -> tuple[str, float, dict]:
+    """Run a command in a fresh process; returns (stdout, wall seconds, peak memory)."""
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
     started = time.perf_counter()
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -89,10 +86,29 @@ def run_orchard(data: Path, output: Path, extra: list[str]) -> dict:
         stdout, stderr = process.communicate()
     wall = time.perf_counter() - started
     if process.returncode != 0:
-        raise SystemExit(f"orchard run failed ({process.returncode}):\n{stderr[-3000:]}")
+        raise SystemExit(f"{' '.join(command[:4])} failed ({process.returncode}):\n{stderr[-3000:]}")
+    return stdout, wall, sampler.peaks
+
+
+def run_orchard(data: Path, output: Path, extra: list[str]) -> dict:
+    """One `orchard run` in a subprocess; returns run.json plus wall time and peak memory."""
+    shutil.rmtree(output, ignore_errors=True)
+    stdout, wall, memory = run_measured([sys.executable, "-m", "orchard.cli", "run", str(data), "--output",
+                                         str(output), "--no-progress", *extra])
     info = json.loads((output / "run.json").read_text())
     size_mb = sum(f.stat().st_size for f in output.rglob("*") if f.is_file()) / 2**20
-    return {"info": info, "wall_s": wall, "memory": sampler.peaks, "output_mb": size_mb, "stdout": stdout}
+    return {"info": info, "wall_s": wall, "memory": memory, "output_mb": size_mb, "stdout": stdout}
+
+
+def run_baseline(kind: str, data: Path, output: Path, orchard_images_per_s: float) -> dict:
+    """One TensorFlow baseline (benchmarks/baselines.py) on the same data; speed-up of orchard over it."""
+    shutil.rmtree(output, ignore_errors=True)
+    stdout, _, memory = run_measured([sys.executable, str(HERE / "baselines.py"), kind, str(data), str(output)])
+    result = json.loads(stdout.strip().splitlines()[-1])
+    images_per_s = result["images"] / result["seconds"]
+    return {"kind": kind, "images": result["images"], "seconds": round(result["seconds"], 1),
+            "images_per_s": round(images_per_s, 2), "orchard_speedup": round(orchard_images_per_s / images_per_s, 1),
+            "peak_memory_mb": {k: round(v) for k, v in memory.items()}}
 
 
 def measure_ceiling(weights: str, seconds: float) -> dict:
@@ -161,6 +177,13 @@ def markdown(report: dict) -> str:
             f"| {r['images']} | {r['seconds']} | {r['images_per_s']} | {r['featurize_images_per_s']} | "
             f"{100 * r['share_of_ort_alone']:.0f}% | {s['listing']} | {s['featurize']} | {s['write']} | {s['pca']} | "
             f"{mem['driver_mb']} / {mem['jvm_mb']} / {mem['python_worker_mb']} | {r['output_mb']} |")
+    if report["baselines"]:
+        lines += ["", "| baseline (same data) | images | seconds | images/s | orchard speed-up | "
+                      "peak JVM / worker MB |", "|---|---|---|---|---|---|"]
+        for b in report["baselines"]:
+            mem = b["peak_memory_mb"]
+            lines.append(f"| {b['kind']} | {b['images']} | {b['seconds']} | {b['images_per_s']} | "
+                         f"{b['orchard_speedup']}x | {mem['jvm_mb']} / {mem['python_worker_mb']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -172,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", default=str(HERE / "results"), help="folder for the JSON and markdown")
     parser.add_argument("--data", default=str(HERE / "data"), help="where generated datasets are kept")
     parser.add_argument("--work", default=str(HERE / "data" / "out"), help="scratch folder for outputs")
+    parser.add_argument("--baselines", nargs="*", default=[], choices=["reference", "fair"],
+                        help="also run these TensorFlow baselines on the smallest size (needs the [test] extra)")
     parser.add_argument("--ceiling-seconds", type=float, default=5.0,
                         help="how long to time ONNX Runtime alone (the inference ceiling)")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="after --: extra `orchard run` options")
@@ -180,12 +205,18 @@ def main(argv: list[str] | None = None) -> int:
 
     ceiling = measure_ceiling(args.weights, args.ceiling_seconds)["ort_alone_2_threads_images_per_s"]
     report = {"date": datetime.date.today().isoformat(), "machine": machine(), "weights": args.weights,
-              "ceiling": ceiling, "extra_options": extra, "runs": []}
+              "ceiling": ceiling, "extra_options": extra, "runs": [], "baselines": []}
     for size in args.sizes:
         data = dataset(size, Path(args.data))
         result = run_orchard(data, Path(args.work) / f"fruits-{size}", extra)
         report["runs"].append(row(size, result, ceiling))
         print(json.dumps(report["runs"][-1]), flush=True)
+    smallest = min(report["runs"], key=lambda r: r["images"])
+    for kind in args.baselines:
+        data = dataset(smallest["images"], Path(args.data))
+        report["baselines"].append(run_baseline(kind, data, Path(args.work) / f"baseline-{kind}",
+                                                smallest["images_per_s"]))
+        print(json.dumps(report["baselines"][-1]), flush=True)
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     stem = results / f"{report['date']}-{'-'.join(map(str, args.sizes))}"

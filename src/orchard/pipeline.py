@@ -249,10 +249,10 @@ def _watch(context, group: str, progress: Progress, done_before: int, shard_imag
             tasks = completed = 0
             for job_id in tracker.getJobIdsForGroup(group):
                 job = tracker.getJobInfo(job_id)
-                for stage_id in job.stageIds if job else []:
-                    stage = tracker.getStageInfo(stage_id)
-                    if stage and stage.numTasks > 1:
-                        tasks, completed = tasks + stage.numTasks, completed + stage.numCompletedTasks
+                # a job's last stage runs the UDF; earlier ones only shuffle the path list
+                stage = tracker.getStageInfo(max(job.stageIds)) if job and job.stageIds else None
+                if stage:
+                    tasks, completed = tasks + stage.numTasks, completed + stage.numCompletedTasks
             fraction = completed / tasks if tasks else 0.0
             progress.update(done_before + int(fraction * shard_images))
 

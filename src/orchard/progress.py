@@ -16,6 +16,7 @@ class Progress:
         self.started = time.monotonic()
         self._last = 0.0
         self._tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self._printed = -1
 
     def update(self, done: int, force: bool = False) -> None:
         if not self.enabled:
@@ -24,7 +25,7 @@ class Progress:
         interval = self.interval if self._tty else max(self.interval, 10.0)
         if not force and now - self._last < interval:
             return
-        self._last = now
+        self._last, self._printed = now, done
         self.stream.write(("\r" if self._tty else "") + self.line(done, now) + ("" if self._tty else "\n"))
         self.stream.flush()
 
@@ -37,7 +38,7 @@ class Progress:
         return f"featurising {done}/{self.total} images ({percent:5.1f}%)  {rate:7.1f} img/s  ETA {eta}"
 
     def close(self, done: int) -> None:
-        if self.enabled:
+        if self.enabled and done != self._printed:
             self.update(done, force=True)
-            if self._tty:
-                self.stream.write("\n")
+        if self.enabled and self._tty:
+            self.stream.write("\n")
