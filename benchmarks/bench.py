@@ -1,7 +1,7 @@
 """End-to-end benchmark of `orchard run` on generated Fruits-360-shaped data.
 
     python benchmarks/bench.py --sizes 2000            # the README's quick benchmark
-    python benchmarks/bench.py --sizes 2000 10000 67692 --baselines reference fair
+    python benchmarks/bench.py --sizes 2000 10000 67692 --baselines reference fair --int8
 
 For each size N it generates (once, then reuses) N 100x100 JPEGs over 131 classes under benchmarks/data/,
 runs `orchard run` in a fresh process (its own Spark JVM, as a user would), samples the memory of the
@@ -111,6 +111,30 @@ def run_baseline(kind: str, data: Path, output: Path, orchard_images_per_s: floa
             "peak_memory_mb": {k: round(v) for k, v in memory.items()}}
 
 
+def compare_int8(size: int, fp32_output: Path, int8_output: Path, int8: dict, fp32_row: dict) -> dict:
+    """int8 vs fp32 on the same images: speed, per-image cosine similarity, change in PCA variance."""
+    import numpy as np
+    import pandas as pd
+
+    a = pd.read_parquet(fp32_output / "features").set_index("path")
+    b = pd.read_parquet(int8_output / "features").set_index("path").loc[a.index]
+    x, y = np.stack(a["features"]), np.stack(b["features"])
+    cosine = (x * y).sum(1) / np.linalg.norm(x, axis=1) / np.linalg.norm(y, axis=1)
+    fp32_pca, int8_pca = (json.loads((o / "run.json").read_text())["pca"] for o in (fp32_output, int8_output))
+    top = 10
+    total = int8["info"]["timings"]["total"]
+    return {
+        "images": size, "seconds": round(total, 1), "images_per_s": round(size / total, 1),
+        "featurize_images_per_s": round(size / int8["info"]["timings"]["featurize"], 1),
+        "speedup_over_fp32_featurize": round(size / int8["info"]["timings"]["featurize"]
+                                             / fp32_row["featurize_images_per_s"], 2),
+        "cosine_median": round(float(np.median(cosine)), 4), "cosine_min": round(float(cosine.min()), 4),
+        "k_for_95_percent": {"fp32": fp32_pca["k"], "int8": int8_pca["k"]},
+        "top10_explained_variance_max_abs_diff": round(float(np.max(np.abs(
+            np.array(fp32_pca["explained_variance"][:top]) - np.array(int8_pca["explained_variance"][:top])))), 5),
+    }
+
+
 def measure_ceiling(weights: str, seconds: float) -> dict:
     """ONNX Runtime alone on this machine, 2 threads, batch 8: the inference-only upper bound."""
     import numpy as np
@@ -177,6 +201,13 @@ def markdown(report: dict) -> str:
             f"| {r['images']} | {r['seconds']} | {r['images_per_s']} | {r['featurize_images_per_s']} | "
             f"{100 * r['share_of_ort_alone']:.0f}% | {s['listing']} | {s['featurize']} | {s['write']} | {s['pca']} | "
             f"{mem['driver_mb']} / {mem['jvm_mb']} / {mem['python_worker_mb']} | {r['output_mb']} |")
+    if report["int8"]:
+        q = report["int8"]
+        lines += ["", f"int8 (static QDQ) on the same {q['images']} images: {q['images_per_s']} images/s end to end, "
+                      f"featurise {q['featurize_images_per_s']} images/s ({q['speedup_over_fp32_featurize']}x fp32); "
+                      f"cosine similarity to fp32 median {q['cosine_median']}, min {q['cosine_min']}; k for 95% "
+                      f"variance fp32 {q['k_for_95_percent']['fp32']} vs int8 {q['k_for_95_percent']['int8']}; "
+                      f"top-10 explained variance differs by at most {q['top10_explained_variance_max_abs_diff']}."]
     if report["baselines"]:
         lines += ["", "| baseline (same data) | images | seconds | images/s | orchard speed-up | "
                       "peak JVM / worker MB |", "|---|---|---|---|---|---|"]
@@ -197,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default=str(HERE / "data" / "out"), help="scratch folder for outputs")
     parser.add_argument("--baselines", nargs="*", default=[], choices=["reference", "fair"],
                         help="also run these TensorFlow baselines on the smallest size (needs the [test] extra)")
+    parser.add_argument("--int8", action="store_true",
+                        help="also run --precision int8 on the smallest size and compare it with fp32")
     parser.add_argument("--ceiling-seconds", type=float, default=5.0,
                         help="how long to time ONNX Runtime alone (the inference ceiling)")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="after --: extra `orchard run` options")
@@ -205,13 +238,19 @@ def main(argv: list[str] | None = None) -> int:
 
     ceiling = measure_ceiling(args.weights, args.ceiling_seconds)["ort_alone_2_threads_images_per_s"]
     report = {"date": datetime.date.today().isoformat(), "machine": machine(), "weights": args.weights,
-              "ceiling": ceiling, "extra_options": extra, "runs": [], "baselines": []}
+              "ceiling": ceiling, "extra_options": extra, "runs": [], "baselines": [], "int8": None}
     for size in args.sizes:
         data = dataset(size, Path(args.data))
         result = run_orchard(data, Path(args.work) / f"fruits-{size}", extra)
         report["runs"].append(row(size, result, ceiling))
         print(json.dumps(report["runs"][-1]), flush=True)
     smallest = min(report["runs"], key=lambda r: r["images"])
+    if args.int8:
+        size, work = smallest["images"], Path(args.work)
+        int8 = run_orchard(dataset(size, Path(args.data)), work / f"fruits-{size}-int8",
+                           [*extra, "--precision", "int8"])
+        report["int8"] = compare_int8(size, work / f"fruits-{size}", work / f"fruits-{size}-int8", int8, smallest)
+        print(json.dumps(report["int8"]), flush=True)
     for kind in args.baselines:
         data = dataset(smallest["images"], Path(args.data))
         report["baselines"].append(run_baseline(kind, data, Path(args.work) / f"baseline-{kind}",

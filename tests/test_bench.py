@@ -14,7 +14,7 @@ def test_benchmark_harness_runs_and_writes_results(tmp_path):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     code = bench.main(["--sizes", "150", "--data", str(tmp_path / "data"), "--work", str(tmp_path / "work"),
-                       "--results", str(tmp_path / "results"), "--ceiling-seconds", "0.5", "--", "--k", "5"])
+                       "--results", str(tmp_path / "results"), "--ceiling-seconds", "0.5", "--int8", "--", "--k", "5"])
     assert code == 0
     report = json.loads(next((tmp_path / "results").glob("*.json")).read_text())
     run = report["runs"][0]
@@ -24,3 +24,5 @@ def test_benchmark_harness_runs_and_writes_results(tmp_path):
     assert len(list((tmp_path / "data" / "fruits-150" / "Training").iterdir())) == 131
     table = next((tmp_path / "results").glob("*.md")).read_text()
     assert "| 150 |" in table
+    assert report["int8"]["images"] == 150 and 0.5 < report["int8"]["cosine_median"] <= 1.0
+    assert "int8 (static QDQ)" in table

@@ -22,6 +22,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                             "(seeded, for tests and smoke runs: features NOT meaningful) or a path to a Keras "
                             "MobileNetV2 no-top .h5 weights file (default: imagenet)")
     model.add_argument("--seed", type=int, default=0, help="seed for --weights random (default: 0)")
+    model.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
+                       help="fp32 (default) or int8: ONNX Runtime static quantisation calibrated on a sample of "
+                            "the input; run.json reports its cosine similarity to fp32")
     reduction = parser.add_argument_group("PCA")
     choice = reduction.add_mutually_exclusive_group()
     choice.add_argument("--k", type=int, help="number of principal components to keep")
@@ -102,7 +105,8 @@ def _add_sample_options(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace, input_uri: str, **overrides) -> RunConfig:
     spark = SparkOptions(master=args.master, conf=parse_conf_pairs(args.conf))
     values = dict(
-        input=input_uri, output=args.output, weights=args.weights, seed=args.seed, k=args.k,
+        input=input_uri, output=args.output, weights=args.weights, seed=args.seed, precision=args.precision,
+        k=args.k,
         variance=args.variance, standardize=args.standardize, csv=args.csv, overwrite=args.overwrite,
         max_pixels=args.max_pixels, max_bytes=args.max_bytes, batch_size=args.batch_size, threads=args.threads,
         shard_size=args.shard_size, images_per_task=args.images_per_task, io_threads=args.io_threads,

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from orchard.errors import ConfigError
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "webp", "tif", "tiff", "gif")
-WEIGHT_CHOICES = ("imagenet", "random")
+PRECISIONS = ("fp32", "int8")
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,7 @@ class RunConfig:
     # model
     weights: str = "imagenet"  # "imagenet", "random" or a path to a Keras .h5 weights file
     seed: int = 0
+    precision: str = "fp32"  # or "int8": static QDQ quantisation calibrated on the input
     # preprocessing guards
     max_pixels: int = 64_000_000
     max_bytes: int = 50_000_000
@@ -63,7 +64,7 @@ class RunConfig:
 
     def fingerprint(self) -> str:
         """A hash of the fields that change results; a resumed run must have the same one."""
-        keys = ("input", "classes", "splits", "limit", "weights", "seed", "max_pixels", "max_bytes")
+        keys = ("input", "classes", "splits", "limit", "weights", "seed", "precision", "max_pixels", "max_bytes")
         payload = json.dumps({key: getattr(self, key) for key in keys}, sort_keys=True, default=list)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -90,6 +91,8 @@ def validate(config: RunConfig) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
     if config.threads is not None and config.threads < 1:
         raise ConfigError(f"--threads must be at least 1, got {config.threads}")
+    if config.precision not in PRECISIONS:
+        raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}")
     if config.weights.strip() == "":
         raise ConfigError("--weights: give 'imagenet', 'random' or the path of a Keras .h5 weights file")
     if _same_location(config.input, config.output):

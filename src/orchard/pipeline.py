@@ -101,6 +101,13 @@ class RunResult:
         ]
         if not self.info["model"]["meaningful"]:
             lines.insert(0, "WARNING: " + self.info["model"]["description"])
+        quantization = self.info["model"].get("quantization")
+        if quantization:
+            note = (f"int8: median cosine similarity to fp32 {quantization['cosine_median']:.4f} on "
+                    f"{quantization['validation_images']} held-out images")
+            if quantization["cosine_median"] < INT8_COSINE_TARGET:
+                note = f"WARNING: {note}, below {INT8_COSINE_TARGET}: prefer --precision fp32"
+            lines.insert(len(lines) - 1, note)
         return "\n".join(lines)
 
 
@@ -128,6 +135,9 @@ def run(config: RunConfig, spark=None) -> RunResult:
         source = weights.resolve(config.weights, config.seed)
     with timings.stage("listing"):
         manifest, found = _load_or_list(spark, config, layout, state)
+    if config.precision == "int8":
+        with timings.stage("quantize"):
+            source = quantized(source, manifest, config)
     with timings.stage("featurize"):
         shard_stats = featurize_shards(spark, manifest, source, config, layout)
     with timings.stage("write"):
@@ -179,6 +189,35 @@ def _load_or_list(spark, config: RunConfig, layout: Layout, state: str) -> tuple
     pq.write_table(table, buffer)
     fs.write_bytes(manifest_uri, buffer.getvalue())
     return selected, len(found)
+
+
+CALIBRATION_IMAGES, VALIDATION_IMAGES = 64, 32
+INT8_COSINE_TARGET = 0.99
+
+
+def quantized(source: weights.ModelSource, manifest: pd.DataFrame, config: RunConfig) -> weights.ModelSource:
+    """The int8 model, calibrated on a class-stratified sample of this run's images, checked on others."""
+    import dataclasses
+
+    import numpy as np
+
+    from orchard.featurize import quantize
+    from orchard.featurize.batch import prepare_paths
+
+    sample = listing.stratified_sample(manifest, CALIBRATION_IMAGES + VALIDATION_IMAGES).sort_values("path")
+    settings = WorkerSettings(io_threads=config.io_threads, limits=Limits(config.max_pixels, config.max_bytes),
+                              storage=fs.StorageOptions.from_env())
+    _, tensors, _ = prepare_paths(sample["path"].tolist(), settings)
+    if len(tensors) < 16:
+        raise ConfigError(f"--precision int8 needs at least 16 decodable images to calibrate, found "
+                          f"{len(tensors)}: use fp32")
+    images = np.stack(tensors)
+    # every other image calibrates, the rest validate: both sets span the classes
+    calibration, validation = images[::2][:CALIBRATION_IMAGES], images[1::2][:VALIDATION_IMAGES]
+    int8 = quantize.quantize_int8(source.onnx_bytes, calibration, weights.orchard_cache_dir() / "models")
+    report = quantize.compare(source.onnx_bytes, int8, validation, len(calibration))
+    return dataclasses.replace(source, onnx_bytes=int8, precision="int8", quantization=report.to_dict(),
+                               description=source.description + "; int8 (static QDQ)")
 
 
 def shard_count(images: int, shard_size: int) -> int:
@@ -356,6 +395,7 @@ def run_info(config, spark, source, manifest, found, shard_stats, written, pca_s
                   "task_cpus": sparkglue.task_cpus(spark), **sparkglue.linear_algebra(spark)},
         "model": {"architecture": "MobileNetV2 1.0/224, top removed, global average pooling",
                   "feature_dim": 1280, "runtime": "onnxruntime", "weights": source.kind,
+                  "precision": source.precision, "quantization": source.quantization,
                   "description": source.description, "meaningful": source.meaningful,
                   "weights_path": source.weights_path, "weights_sha256": source.weights_sha256,
                   "onnx_sha256": source.onnx_sha256},

@@ -52,19 +52,18 @@ def fit(features, config: RunConfig):
     rule, target = effective_k_rule(config)
     if rule == "k" and target > FEATURE_DIM:
         raise ConfigError(f"--k {int(target)} is above the feature size {FEATURE_DIM}: choose k <= {FEATURE_DIM}")
-    vectors = with_vector(features).cache()
-    try:
-        if rule == "k":
-            model = _pipeline(int(target), config.standardize).fit(vectors)
-            summary = PcaSummary(int(target), rule, target, _explained(model), config.standardize)
-        else:
-            full = _pipeline(FEATURE_DIM, config.standardize).fit(vectors)
-            explained = _explained(full)
-            k = choose_k(explained, target)
-            model = truncate(full, k)
-            summary = PcaSummary(k, rule, target, explained, config.standardize)
-    finally:
-        vectors.unpersist()
+    # No cache: MLlib's PCA makes two passes (column means, Gramian) and re-reading Parquet is cheap,
+    # while a cache would make the driver's memory grow with the number of images.
+    vectors = with_vector(features)
+    if rule == "k":
+        model = _pipeline(int(target), config.standardize).fit(vectors)
+        summary = PcaSummary(int(target), rule, target, _explained(model), config.standardize)
+    else:
+        full = _pipeline(FEATURE_DIM, config.standardize).fit(vectors)
+        explained = _explained(full)
+        k = choose_k(explained, target)
+        model = truncate(full, k)
+        summary = PcaSummary(k, rule, target, explained, config.standardize)
     return model, summary
 
 

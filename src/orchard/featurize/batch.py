@@ -40,14 +40,14 @@ class StageSeconds:
         return [self.read, self.preprocess, self.inference]
 
 
-def featurize_paths(session, paths: list[str], settings: WorkerSettings,
-                    seconds: StageSeconds | None = None) -> pd.DataFrame:
-    """Read, decode, resize and embed `paths`; one output row per path, in order."""
+def prepare_paths(paths: list[str], settings: WorkerSettings, seconds: StageSeconds | None = None
+                  ) -> tuple[dict[str, list], list[np.ndarray], list[int]]:
+    """Read and decode `paths`: (result columns with errors filled in, tensors, positions of the tensors)."""
     seconds = seconds if seconds is not None else StageSeconds()
     started = time.perf_counter()
     blobs = read_many(paths, settings.limits.max_bytes, settings.io_threads, settings.storage)
-    decoded_at = time.perf_counter()
-    seconds.read += decoded_at - started
+    read_at = time.perf_counter()
+    seconds.read += read_at - started
 
     rows = {name: [None] * len(paths) for name in RESULT_COLUMNS}
     tensors, ok_positions = [], []
@@ -68,14 +68,21 @@ def featurize_paths(session, paths: list[str], settings: WorkerSettings,
         rows["width"][position], rows["height"][position] = prepared.width, prepared.height
         tensors.append(prepared.tensor)
         ok_positions.append(position)
-    inferred_at = time.perf_counter()
-    seconds.preprocess += inferred_at - decoded_at
+    seconds.preprocess += time.perf_counter() - read_at
+    return rows, tensors, ok_positions
 
+
+def featurize_paths(session, paths: list[str], settings: WorkerSettings,
+                    seconds: StageSeconds | None = None) -> pd.DataFrame:
+    """Read, decode, resize and embed `paths`; one output row per path, in order."""
+    seconds = seconds if seconds is not None else StageSeconds()
+    rows, tensors, ok_positions = prepare_paths(paths, settings, seconds)
+    started = time.perf_counter()
     if tensors:
         features = embed(session, np.stack(tensors), settings.chunk)
         for position, vector in zip(ok_positions, features, strict=True):
             rows["features"][position] = vector
-    seconds.inference += time.perf_counter() - inferred_at
+    seconds.inference += time.perf_counter() - started
 
     frame = pd.DataFrame(rows, columns=RESULT_COLUMNS)
     for name in ("width", "height", "bytes"):

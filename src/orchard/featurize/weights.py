@@ -34,6 +34,8 @@ class ModelSource:
     weights_path: str | None
     weights_sha256: str | None
     onnx_bytes: bytes
+    precision: str = "fp32"
+    quantization: dict | None = None  # for int8: calibration size and cosine similarity to fp32
 
     @property
     def onnx_sha256(self) -> str:
