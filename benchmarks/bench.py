@@ -64,17 +64,21 @@ class MemorySampler:
         while not self._stop.wait(0.2):
             try:
                 processes = [self.root, *self.root.children(recursive=True)]
-                total = 0.0
-                for process in processes:
-                    rss = process.memory_info().rss / 2**20
-                    total += rss
-                    name = " ".join(process.cmdline()[:3])
-                    key = ("driver_mb" if process.pid == self.root.pid else
-                           "jvm_mb" if "java" in name else "python_worker_mb")
-                    self.peaks[key] = max(self.peaks[key], rss)
-                self.peaks["total_mb"] = max(self.peaks["total_mb"], total)
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
+            except psutil.Error:
                 continue
+            total = 0.0
+            for process in processes:
+                try:  # one process vanishing (or a zombie launcher) must not void the whole sample
+                    rss = process.memory_info().rss / 2**20
+                    name = " ".join(process.cmdline()[:3])
+                except psutil.Error:
+                    continue
+                total += rss
+                key = ("driver_mb" if process.pid == self.root.pid else
+                       "jvm_mb" if "java" in name else "python_worker_mb" if "python" in name else None)
+                if key:
+                    self.peaks[key] = max(self.peaks[key], rss)
+            self.peaks["total_mb"] = max(self.peaks["total_mb"], total)
 
 
 def run_measured(command: list[str]) -> tuple[str, float, dict]:

@@ -8,6 +8,7 @@ import sys
 from orchard import __version__
 from orchard.config import RunConfig, SparkOptions, parse_conf_pairs
 from orchard.errors import OrchardError
+from orchard.io.fs import StorageOptions
 
 
 def _split_list(value: str) -> tuple[str, ...]:
@@ -45,14 +46,19 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                                         "(default: spark-submit's choice, local[*] when run directly)")
     spark.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
                        help="extra Spark configuration, repeatable (e.g. --conf spark.executor.memory=4g)")
+    storage = parser.add_argument_group("S3 (credentials always come from the standard AWS chain)")
+    storage.add_argument("--s3-endpoint", help="S3 endpoint URL for S3-compatible stores, e.g. http://127.0.0.1:9000 "
+                                               "(default: $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL, else AWS)")
+    storage.add_argument("--s3-region", help="S3 region (default: $AWS_REGION / $AWS_DEFAULT_REGION)")
     spark.add_argument("--batch-size", type=int, default=8,
                        help="images per ONNX Runtime call (default 8: faster than 32 on 2-core machines)")
     spark.add_argument("--threads", type=int,
                        help="ONNX Runtime threads per Python worker (default: spark.task.cpus)")
     spark.add_argument("--shard-size", type=int, default=4096,
                        help="images per shard; a shard is the unit of resume and progress (default 4096)")
-    spark.add_argument("--images-per-task", type=int, default=256,
-                       help="images per Spark task inside a shard (default 256)")
+    spark.add_argument("--images-per-task", type=int, default=1024,
+                       help="images per Spark task inside a shard (default 1024; tasks stream Arrow batches of "
+                            "spark.sql.execution.arrow.maxRecordsPerBatch, 128 by default)")
     spark.add_argument("--io-threads", type=int, default=8,
                        help="concurrent file reads per Python worker (default 8)")
     spark.add_argument("--no-progress", action="store_true", help="do not print progress lines")
@@ -104,13 +110,16 @@ def _add_sample_options(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace, input_uri: str, **overrides) -> RunConfig:
     spark = SparkOptions(master=args.master, conf=parse_conf_pairs(args.conf))
+    environment = StorageOptions.from_env()
+    storage = StorageOptions(endpoint=args.s3_endpoint or environment.endpoint,
+                             region=args.s3_region or environment.region)
     values = dict(
         input=input_uri, output=args.output, weights=args.weights, seed=args.seed, precision=args.precision,
         k=args.k,
         variance=args.variance, standardize=args.standardize, csv=args.csv, overwrite=args.overwrite,
         max_pixels=args.max_pixels, max_bytes=args.max_bytes, batch_size=args.batch_size, threads=args.threads,
         shard_size=args.shard_size, images_per_task=args.images_per_task, io_threads=args.io_threads,
-        progress=not args.no_progress, spark=spark,
+        progress=not args.no_progress, spark=spark, storage=storage,
     )
     values.update(overrides)
     return RunConfig(**values)

@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass, field
 
 from orchard.errors import ConfigError
+from orchard.io.fs import StorageOptions
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "webp", "tif", "tiff", "gif")
 PRECISIONS = ("fp32", "int8")
@@ -50,10 +51,11 @@ class RunConfig:
     batch_size: int = 8
     threads: int | None = None  # ONNX Runtime intra-op threads per Python worker; None: spark.task.cpus
     shard_size: int = 4096
-    images_per_task: int = 256
+    images_per_task: int = 1024
     io_threads: int = 8
     progress: bool = True
     spark: SparkOptions = field(default_factory=SparkOptions)
+    storage: StorageOptions = field(default_factory=StorageOptions.from_env)
 
     def __post_init__(self) -> None:
         validate(self)

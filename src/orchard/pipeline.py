@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from orchard import __version__, reduce
 from orchard import spark as sparkglue
+from orchard.cloud import s3
 from orchard.config import RunConfig
 from orchard.errors import AccountingError, ConfigError
 from orchard.featurize import weights
@@ -126,10 +127,11 @@ class Timings(dict):
 def run(config: RunConfig, spark=None) -> RunResult:
     """Run the whole pipeline for `config`; returns the run's summary (also written to run.json)."""
     started = time.perf_counter()
+    fs.set_default_storage(config.storage)
     layout = Layout(config.output)
     state = output_state(config, layout)  # read-only: nothing is written before input and weights check out
     timings = Timings()
-    spark = spark or sparkglue.get_session(config.spark)
+    spark = spark or sparkglue.get_session(config.spark, s3.spark_conf(config.storage, config.input, config.output))
 
     with timings.stage("model"):
         source = weights.resolve(config.weights, config.seed)
@@ -206,7 +208,7 @@ def quantized(source: weights.ModelSource, manifest: pd.DataFrame, config: RunCo
 
     sample = listing.stratified_sample(manifest, CALIBRATION_IMAGES + VALIDATION_IMAGES).sort_values("path")
     settings = WorkerSettings(io_threads=config.io_threads, limits=Limits(config.max_pixels, config.max_bytes),
-                              storage=fs.StorageOptions.from_env())
+                              storage=config.storage)
     _, tensors, _ = prepare_paths(sample["path"].tolist(), settings)
     if len(tensors) < 16:
         raise ConfigError(f"--precision int8 needs at least 16 decodable images to calibrate, found "
@@ -238,7 +240,7 @@ def featurize_shards(spark, manifest: pd.DataFrame, source, config: RunConfig, l
         settings = WorkerSettings(
             threads=config.threads or sparkglue.task_cpus(spark), chunk=config.batch_size,
             io_threads=config.io_threads, limits=Limits(config.max_pixels, config.max_bytes),
-            storage=fs.StorageOptions.from_env(),
+            storage=config.storage,
         )
         udf = sparkglue.featurize_udf(model, source.onnx_sha256[:16], settings, seconds)
         slots = sparkglue.task_slots(spark)
@@ -311,7 +313,9 @@ def part_count(rows: int, bytes_per_row: int) -> int:
 
 
 def _write_sorted(frame, uri: str, parts: int) -> None:
-    frame.repartitionByRange(parts, "path").sortWithinPartitions("path").write.mode("overwrite").parquet(uri)
+    """Write sorted by path in `parts` files (one part needs no range-sampling job)."""
+    spread = frame.repartition(1) if parts == 1 else frame.repartitionByRange(parts, "path")
+    spread.sortWithinPartitions("path").write.mode("overwrite").parquet(uri)
 
 
 def write_datasets(spark, layout: Layout, manifest: pd.DataFrame) -> dict:
@@ -342,13 +346,15 @@ def reduce_features(spark, config: RunConfig, layout: Layout, n_ok: int) -> redu
     model, summary = reduce.fit(features, config)
     _write_sorted(reduce.transform(model, features), layout.pca, part_count(n_ok, 4 * summary.k + 200))
     model.write().overwrite().save(layout.model)
-    variance = pd.DataFrame({
-        "component": range(1, len(summary.explained) + 1),
+    variance = pa.table({
+        "component": pa.array(range(1, len(summary.explained) + 1), pa.int32()),
         "explained_variance": summary.explained,
         "cumulative_variance": summary.cumulative,
         "kept": [i < summary.k for i in range(len(summary.explained))],
     })
-    spark.createDataFrame(variance).coalesce(1).write.mode("overwrite").parquet(layout.variance)
+    buffer = io.BytesIO()
+    pq.write_table(variance, buffer)  # a few KB: written by the driver, no Spark job
+    fs.write_bytes(fs.join(layout.variance, "part-00000.parquet"), buffer.getvalue())
     return summary
 
 

@@ -25,6 +25,7 @@ RESULT_SCHEMA = (
 LOG_CONFIG = Path(__file__).with_name("log4j2.properties")
 SESSION_DEFAULTS = {
     "spark.sql.execution.arrow.pyspark.enabled": "true",
+    "spark.sql.execution.arrow.maxRecordsPerBatch": "128",  # bounds a Python worker's memory per batch
     "spark.ui.showConsoleProgress": "false",
     "spark.sql.shuffle.partitions": "8",
     "spark.sql.parquet.compression.codec": "snappy",
@@ -35,10 +36,11 @@ SESSION_DEFAULTS = {
 }
 
 
-def get_session(options: SparkOptions | None = None):
+def get_session(options: SparkOptions | None = None, defaults: dict[str, str] | None = None):
     """A SparkSession: `options.master` if given, else spark-submit's choice (local[*] by default).
 
     Workers run this interpreter unless PYSPARK_PYTHON says otherwise (a venv's packages must be there).
+    `defaults` (e.g. S3 settings) sit between orchard's defaults and the user's --conf, which wins.
     """
     from pyspark.sql import SparkSession
 
@@ -48,7 +50,7 @@ def get_session(options: SparkOptions | None = None):
     if options.master:  # else spark-submit decides: its --master, $MASTER, or local[*]
         builder = builder.master(options.master)
     quiet = {"spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={LOG_CONFIG}"}
-    for key, value in {**SESSION_DEFAULTS, **quiet, **options.conf}.items():
+    for key, value in {**SESSION_DEFAULTS, **quiet, **(defaults or {}), **options.conf}.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("ORCHARD_SPARK_LOG_LEVEL", "ERROR"))

@@ -33,6 +33,15 @@ class StorageOptions:
                    os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"))
 
 
+_default_storage: StorageOptions | None = None
+
+
+def set_default_storage(storage: StorageOptions | None) -> None:
+    """The S3 endpoint/region that calls without an explicit `storage` use (set once per run)."""
+    global _default_storage
+    _default_storage = storage
+
+
 def resolve(uri: str, storage: StorageOptions | None = None) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path inside it) for a URI or local path."""
     parsed = urlparse(uri)
@@ -43,7 +52,7 @@ def resolve(uri: str, storage: StorageOptions | None = None) -> tuple[pafs.FileS
             path = "/" + path.lstrip("/")
         return _local(), os.path.abspath(path)
     if scheme in S3_SCHEMES:
-        storage = storage or StorageOptions.from_env()
+        storage = storage or _default_storage or StorageOptions.from_env()
         return _s3(storage.endpoint, storage.region), parsed.netloc + parsed.path
     filesystem, path = pafs.FileSystem.from_uri(uri)
     return filesystem, path

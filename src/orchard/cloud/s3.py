@@ -1,0 +1,44 @@
+"""S3 for Spark: the s3a settings that match orchard's own filesystem layer (io/fs.py).
+
+Credentials always come from the standard AWS chain (environment, profile, instance role) on both sides;
+orchard never takes keys as options, so none can end up in run.json or on the terminal. Endpoint and
+region overrides (for S3-compatible servers) are given once and reach both Spark and pyarrow.
+
+On EMR, `s3://` is EMRFS and the distribution's own jars are used. Elsewhere `s3://` is mapped to the
+S3A filesystem, which needs `hadoop-aws` and the matching AWS SDK bundle on the classpath: a Hadoop
+distribution ships them; with pip pyspark pass them with `--conf spark.jars=hadoop-aws.jar,sdk-bundle.jar`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlparse
+
+from orchard.io.fs import S3_SCHEMES, StorageOptions
+
+EMR_MARKER = Path("/mnt/var/lib/info/job-flow.json")
+
+
+def uses_s3(*uris: str) -> bool:
+    return any(urlparse(uri).scheme.lower() in S3_SCHEMES for uri in uris)
+
+
+def on_emr() -> bool:
+    return EMR_MARKER.exists()
+
+
+def spark_conf(storage: StorageOptions, *uris: str) -> dict[str, str]:
+    """Spark settings for reading/writing `uris` on S3 with `storage`'s endpoint and region."""
+    if not uses_s3(*uris):
+        return {}
+    conf: dict[str, str] = {}
+    if not on_emr():
+        conf["spark.hadoop.fs.s3.impl"] = "org.apache.hadoop.fs.s3a.S3AFileSystem"
+    if storage.endpoint:
+        parsed = urlparse(storage.endpoint if "://" in storage.endpoint else f"https://{storage.endpoint}")
+        conf["spark.hadoop.fs.s3a.endpoint"] = f"{parsed.scheme}://{parsed.netloc}"
+        conf["spark.hadoop.fs.s3a.path.style.access"] = "true"
+        conf["spark.hadoop.fs.s3a.connection.ssl.enabled"] = str(parsed.scheme == "https").lower()
+    if storage.region:
+        conf["spark.hadoop.fs.s3a.endpoint.region"] = storage.region
+    return conf

@@ -1,0 +1,153 @@
+"""`orchard run` unchanged on a real standalone cluster and on a real S3-compatible server (moto).
+
+The CLI runs in subprocesses, as a user runs it: each has its own driver JVM, so the s3a jars and the
+cluster master are set exactly as they would be in production.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from infra import AWS_ENV, moto_server, process_children, s3a_jars, standalone_cluster, wait_for
+
+from orchard.sample import SampleSpec, make_sample
+
+
+def orchard(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "orchard.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=environment)
+
+
+def features_by_path(output: Path) -> dict[str, np.ndarray]:
+    frame = pd.read_parquet(output / "features")
+    return dict(zip(frame["path"].map(lambda p: p.split("fruits/", 1)[1]), frame["features"], strict=True))
+
+
+def assert_same_features(a: Path, b: Path) -> None:
+    left, right = features_by_path(a), features_by_path(b)
+    assert left.keys() == right.keys() and len(left) > 0
+    for path, vector in left.items():
+        assert np.array_equal(vector, right[path]), f"features differ for {path}"
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("distributed") / "fruits"
+    make_sample(root, SampleSpec(classes=4, train_per_class=40, test_per_class=10, seed=7))
+    return root
+
+
+@pytest.fixture(scope="module")
+def local_run(collection, tmp_path_factory) -> Path:
+    output = tmp_path_factory.mktemp("local") / "out"
+    result = orchard("run", str(collection), "--output", str(output), "--weights", "random", "--k", "5",
+                     "--master", "local[2]", "--no-progress")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    with standalone_cluster(tmp_path_factory.mktemp("cluster")) as running:
+        yield running
+
+
+def test_cluster_run_equals_local_run_and_builds_one_session_per_python_worker(cluster, collection, local_run,
+                                                                                 tmp_path):
+    builds = tmp_path / "builds.log"
+    output = tmp_path / "out"
+    result = orchard("run", str(collection), "--output", str(output), "--weights", "random", "--k", "5",
+                     "--master", cluster.master_url, "--shard-size", "100", "--images-per-task", "25",
+                     "--conf", f"spark.executorEnv.ORCHARD_MODEL_BUILD_LOG={builds}", "--no-progress")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_features(local_run, output)  # bit for bit, whatever ran where
+    per_process = Counter(line.split()[0] for line in builds.read_text().splitlines())
+    assert per_process and set(per_process.values()) == {1}, per_process  # 2 shards, 8 tasks, one build each
+    assert len(per_process) <= 2  # two executors with one core each: at most two Python workers
+    executors = {app["id"] for app in cluster.state()["completedapps"]}
+    assert executors, "the run did not go through the cluster"
+
+
+def test_killing_a_worker_mid_run_still_gives_identical_output(collection, local_run, tmp_path):
+    with standalone_cluster(tmp_path / "cluster") as cluster:
+        output = tmp_path / "out"
+        env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"}
+        command = [sys.executable, "-m", "orchard.cli", "run", str(collection), "--output", str(output),
+                   "--weights", "random", "--k", "5", "--master", cluster.master_url, "--shard-size", "50",
+                   "--images-per-task", "5", "--no-progress"]
+        with open(tmp_path / "driver.log", "w") as log:
+            driver = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            stats = output / "_work" / "stats"
+            wait_for(lambda: stats.is_dir() and any(stats.iterdir()), 240, "the first finished shard")
+            victim = cluster.workers[0].pid
+            executors = process_children(victim)
+            assert executors, "worker 0 runs no executor"
+            for pid in [*executors, victim]:  # the worker JVM and its executor, by PID
+                os.kill(pid, signal.SIGKILL)
+            assert driver.wait(timeout=600) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+        assert cluster.alive_workers() == 1
+        assert_same_features(local_run, output)
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """A moto S3 server on 127.0.0.1 with a bucket in eu-west-1, and the s3a jars."""
+    import boto3
+
+    jars = s3a_jars(Path.home() / ".cache" / "orchard" / "s3a-jars")
+    with moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as endpoint:
+        client = boto3.client("s3", endpoint_url=endpoint, region_name="eu-west-1",
+                              aws_access_key_id=AWS_ENV["AWS_ACCESS_KEY_ID"],
+                              aws_secret_access_key=AWS_ENV["AWS_SECRET_ACCESS_KEY"])
+        client.create_bucket(Bucket="fruits", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+        yield endpoint, client, jars
+
+
+def test_s3a_input_to_s3a_output_through_a_real_s3_server(s3, collection, local_run):
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    endpoint, client, jars = s3
+    for path in sorted(collection.rglob("*.jpg")):
+        client.upload_file(str(path), "fruits", f"in/fruits/{path.relative_to(collection)}")
+    result = orchard("run", "s3a://fruits/in/fruits", "--output", "s3a://fruits/out", "--weights", "random",
+                     "--k", "5", "--s3-endpoint", endpoint, "--s3-region", "eu-west-1",
+                     "--conf", f"spark.jars={','.join(map(str, jars))}", env=AWS_ENV)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "images 200  classes 4  ok 200  errors 0" in result.stdout
+
+    keys = {o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket="fruits", Prefix="out/")
+            for o in page.get("Contents", [])}
+    assert "out/_SUCCESS" in keys and "out/run.json" in keys
+    assert not any(key.startswith("out/_work/") for key in keys)
+    run_json = client.get_object(Bucket="fruits", Key="out/run.json")["Body"].read().decode()
+    secret = AWS_ENV["AWS_SECRET_ACCESS_KEY"]
+    assert secret not in run_json and secret not in result.stdout + result.stderr
+    assert '"listed": 200' in run_json
+
+    filesystem = pafs.S3FileSystem(endpoint_override=endpoint.split("//")[1], scheme="http", region="eu-west-1",
+                                   access_key=AWS_ENV["AWS_ACCESS_KEY_ID"], secret_key=secret)
+    features = pq.read_table("fruits/out/features", filesystem=filesystem).to_pandas()
+    assert len(features) == 200 and {len(v) for v in features["features"]} == {1280}
+    local = features_by_path(local_run)
+    for path, vector in zip(features["path"], features["features"], strict=True):
+        assert path.startswith("s3a://fruits/in/fruits/")
+        assert np.array_equal(vector, local[path.split("fruits/in/fruits/", 1)[1]])
+    pca = pd.read_parquet(io.BytesIO(client.get_object(
+        Bucket="fruits", Key=next(k for k in sorted(keys) if k.startswith("out/pca/") and k.endswith(".parquet"))
+    )["Body"].read()))
+    assert {len(v) for v in pca["pca"]} == {5}
