@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from infra import AWS_ENV, moto_server, process_children, s3a_jars, standalone_cluster, wait_for
+from infra import AWS_ENV, SPARK_HOME, moto_server, process_children, s3a_jars, standalone_cluster, wait_for
 
 from orchard.sample import SampleSpec, make_sample
 
@@ -151,3 +151,27 @@ def test_s3a_input_to_s3a_output_through_a_real_s3_server(s3, collection, local_
         Bucket="fruits", Key=next(k for k in sorted(keys) if k.startswith("out/pca/") and k.endswith(".parquet"))
     )["Body"].read()))
     assert {len(v) for v in pca["pca"]} == {5}
+
+
+def test_packed_environment_runs_on_the_cluster_in_client_mode(cluster, collection, local_run, tmp_path):
+    """`orchard package` builds the archive; spark-submit ships it and executors run its Python."""
+    import shlex
+
+    archive = tmp_path / "dist" / "orchard-env.tar.gz"
+    output, builds = tmp_path / "out", tmp_path / "builds.log"
+    made = orchard("package", "--output", str(archive), "--master", cluster.master_url, "--",
+                   str(collection), "--output", str(output), "--weights", "random", "--k", "5", "--no-progress",
+                   "--conf", f"spark.executorEnv.ORCHARD_MODEL_BUILD_LOG={builds}")
+    assert made.returncode == 0, made.stderr[-3000:]
+    assert archive.is_file() and (archive.parent / "requirements.txt").is_file()
+    line = made.stdout.strip().splitlines()[-1]
+    assert "--archives" in line and "spark.pyspark.python=./environment/bin/python" in line
+    command = shlex.split(line)
+    command[0] = str(Path(sys.executable).with_name("spark-submit"))
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_HOME": str(SPARK_HOME)}
+    env.pop("PYSPARK_PYTHON", None)  # the archive's Python must come from spark.pyspark.python alone
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_features(local_run, output)
+    pythons = {line.split()[2] for line in builds.read_text().splitlines()}
+    assert pythons and all(p.endswith("environment/bin/python") for p in pythons), pythons

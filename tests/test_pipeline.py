@@ -114,8 +114,8 @@ def test_outputs_read_with_duckdb_and_spark(finished, spark):
 def test_model_is_broadcast_and_built_once_per_python_worker(finished, build_log):
     result, _, _ = finished
     key = result.info["model"]["onnx_sha256"][:16]
-    builds = [line.split() for line in build_log.read_text().splitlines() if line.endswith(key)]
-    per_process = Counter(pid for pid, _ in builds)
+    builds = [line.split() for line in build_log.read_text().splitlines() if f" {key} " in line]
+    per_process = Counter(pid for pid, *_ in builds)
     assert builds, "no session was built"
     assert set(per_process.values()) == {1}, per_process  # several shards and tasks, one build per worker
     assert len(per_process) <= 2  # local[2]: at most two Python workers

@@ -89,6 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("directory", help="where to write it (Training/<class>/*.jpg, Test/<class>/*.jpg)")
     _add_sample_options(sample)
 
+    package = commands.add_parser(
+        "package", help="build a relocatable Python environment for the cluster and print spark-submit",
+        description="Build orchard and its dependencies (not pyspark: the cluster's Spark provides it) into a "
+                    "venv-pack archive for --archives, and print the spark-submit line that uses it. Build on "
+                    "the cluster's OS and Python version.")
+    package.add_argument("--output", "-o", default="dist/orchard-env.tar.gz", help="archive to write")
+    package.add_argument("--master", default="yarn", help="master for the printed spark-submit line")
+    package.add_argument("run_args", nargs="*", metavar="RUN_ARG",
+                         help="arguments of `orchard run` for the printed line (after --)")
+
     demo = commands.add_parser(
         "demo", help="generate a sample collection and run the pipeline on it",
         description="Generate a sample, run the pipeline and print the summary. Uses the ImageNet weights "
@@ -182,7 +192,20 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "sample": _sample, "demo": _demo}
+def _package(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from orchard.cloud.package import build, submit_command
+
+    package = build(Path(args.output))
+    size_mb = package.archive.stat().st_size / 2**20
+    print(f"wrote {package.archive} ({size_mb:.0f} MB), {package.wheel.name} and requirements.txt")
+    run_args = args.run_args or ["s3://BUCKET/fruits", "--output", "s3://BUCKET/out"]
+    print(submit_command(package.archive, args.master, run_args))
+    return 0
+
+
+COMMANDS = {"run": _run, "sample": _sample, "demo": _demo, "package": _package}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 import onnxruntime as ort
@@ -10,7 +11,7 @@ import onnxruntime as ort
 from orchard.featurize.mobilenet import FEATURE_DIM, INPUT_NAME, OUTPUT_NAME
 
 _SESSIONS: dict[tuple[str, int], ort.InferenceSession] = {}
-BUILD_LOG_ENV = "ORCHARD_MODEL_BUILD_LOG"  # when set, each session build appends a line there (tests)
+BUILD_LOG_ENV = "ORCHARD_MODEL_BUILD_LOG"  # when set, each build appends "pid model python" there (tests)
 
 
 def make_session(onnx_bytes: bytes, threads: int) -> ort.InferenceSession:
@@ -39,7 +40,7 @@ def worker_session(model_key: str, load_bytes, threads: int) -> ort.InferenceSes
         log = os.environ.get(BUILD_LOG_ENV)
         if log:
             with open(log, "a") as handle:
-                handle.write(f"{os.getpid()} {model_key}\n")
+                handle.write(f"{os.getpid()} {model_key} {sys.executable}\n")
     return session
 
 
