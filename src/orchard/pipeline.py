@@ -193,6 +193,12 @@ def _load_or_list(spark, config: RunConfig, layout: Layout, state: str) -> tuple
     return selected, len(found)
 
 
+def worker_settings(config: RunConfig, threads: int) -> WorkerSettings:
+    """What Python workers need from the config (small and picklable)."""
+    return WorkerSettings(threads=threads, chunk=config.batch_size, io_threads=config.io_threads,
+                          limits=Limits(config.max_pixels, config.max_bytes), storage=config.storage)
+
+
 CALIBRATION_IMAGES, VALIDATION_IMAGES = 64, 32
 INT8_COSINE_TARGET = 0.99
 
@@ -207,9 +213,7 @@ def quantized(source: weights.ModelSource, manifest: pd.DataFrame, config: RunCo
     from orchard.featurize.batch import prepare_paths
 
     sample = listing.stratified_sample(manifest, CALIBRATION_IMAGES + VALIDATION_IMAGES).sort_values("path")
-    settings = WorkerSettings(io_threads=config.io_threads, limits=Limits(config.max_pixels, config.max_bytes),
-                              storage=config.storage)
-    _, tensors, _ = prepare_paths(sample["path"].tolist(), settings)
+    _, tensors, _ = prepare_paths(sample["path"].tolist(), worker_settings(config, threads=1))
     if len(tensors) < 16:
         raise ConfigError(f"--precision int8 needs at least 16 decodable images to calibrate, found "
                           f"{len(tensors)}: use fp32")
@@ -237,11 +241,7 @@ def featurize_shards(spark, manifest: pd.DataFrame, source, config: RunConfig, l
         context = spark.sparkContext
         model = sparkglue.broadcast_model(spark, source.onnx_bytes)
         seconds = context.accumulator([0.0, 0.0, 0.0], sparkglue.StageSecondsParam())
-        settings = WorkerSettings(
-            threads=config.threads or sparkglue.task_cpus(spark), chunk=config.batch_size,
-            io_threads=config.io_threads, limits=Limits(config.max_pixels, config.max_bytes),
-            storage=config.storage,
-        )
+        settings = worker_settings(config, threads=config.threads or sparkglue.task_cpus(spark))
         udf = sparkglue.featurize_udf(model, source.onnx_sha256[:16], settings, seconds)
         slots = sparkglue.task_slots(spark)
         for shard in todo:
