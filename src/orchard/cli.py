@@ -89,6 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("directory", help="where to write it (Training/<class>/*.jpg, Test/<class>/*.jpg)")
     _add_sample_options(sample)
 
+    verify = commands.add_parser(
+        "verify", help="check a finished output: marker, checksums, accounting, unique paths, vector sizes",
+        description="Check OUTPUT without Spark: _SUCCESS and run.json present, every Parquet part matches "
+                    "the checksum recorded in run.json, listed = ok + errors, each listed path once, vector "
+                    "lengths, model files. Exit 0 when everything holds, 1 otherwise.")
+    verify.add_argument("output", help="folder or URI of an orchard output")
+    verify.add_argument("--s3-endpoint", help="S3 endpoint URL for S3-compatible stores")
+    verify.add_argument("--s3-region", help="S3 region")
+
     package = commands.add_parser(
         "package", help="build a relocatable Python environment for the cluster and print spark-submit",
         description="Build orchard and its dependencies (not pyspark: the cluster's Spark provides it) into a "
@@ -205,7 +214,22 @@ def _package(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "sample": _sample, "demo": _demo, "package": _package}
+def _verify(args: argparse.Namespace) -> int:
+    from orchard.io import fs
+    from orchard.verify import verify
+
+    environment = StorageOptions.from_env()
+    fs.set_default_storage(StorageOptions(args.s3_endpoint or environment.endpoint,
+                                          args.s3_region or environment.region))
+    findings = verify(args.output)
+    for finding in findings:
+        print(finding.line())
+    good = all(finding.ok for finding in findings)
+    print(f"{args.output}: {'verified' if good else 'NOT verified'}")
+    return 0 if good else 1
+
+
+COMMANDS = {"run": _run, "sample": _sample, "demo": _demo, "package": _package, "verify": _verify}
 
 if __name__ == "__main__":
     sys.exit(main())

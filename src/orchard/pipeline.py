@@ -33,6 +33,7 @@ from orchard.featurize.batch import WorkerSettings
 from orchard.io import fs, listing
 from orchard.preprocess import Limits
 from orchard.progress import Progress
+from orchard.verify import part_checksums
 
 DATASETS = ("features", "pca", "metadata", "errors", "variance")
 TARGET_PART_BYTES = 128 * 1024 * 1024
@@ -151,6 +152,8 @@ def run(config: RunConfig, spark=None) -> RunResult:
             write_csv(spark, layout, pca_summary.k)
 
     info = run_info(config, spark, source, manifest, found, shard_stats, written, pca_summary, timings, started)
+    info["parts"] = part_checksums(config.output)
+    info["resume"] = {"resumed": state == "resume", "shards_reused": sum(s.get("reused", False) for s in shard_stats)}
     check_accounting(info["counts"])
     fs.write_json(layout.run_json, info)
     fs.write_bytes(layout.success, b"")
@@ -235,7 +238,7 @@ def featurize_shards(spark, manifest: pd.DataFrame, source, config: RunConfig, l
     shards = shard_count(len(manifest), config.shard_size)
     done = {name for name in fs.list_files(layout.stats) if name.endswith(".json")}
     todo = [s for s in range(shards) if layout.shard_stats(s).rsplit("/", 1)[-1] not in done]
-    finished = [fs.read_json(layout.shard_stats(s)) for s in range(shards) if s not in todo]
+    finished = [{**fs.read_json(layout.shard_stats(s)), "reused": True} for s in range(shards) if s not in todo]
     progress = Progress(len(manifest), sum(s["count"] for s in finished), enabled=config.progress)
     if todo:
         context = spark.sparkContext

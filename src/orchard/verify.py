@@ -1,0 +1,99 @@
+"""Check a finished output without Spark: marker, part checksums, accounting, uniqueness, vector sizes, model.
+
+Reads through orchard's filesystem layer (pyarrow), so it works on local folders and S3 alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+
+from orchard.featurize.mobilenet import FEATURE_DIM
+from orchard.io import fs
+
+CHECKSUMMED = ("features", "pca", "metadata", "errors", "variance")
+
+
+@dataclass(frozen=True)
+class Finding:
+    check: str
+    ok: bool
+    detail: str
+
+    def line(self) -> str:
+        return f"{'ok  ' if self.ok else 'FAIL'} {self.check}: {self.detail}"
+
+
+def data_files(folder: str) -> list[str]:
+    """The data files of a dataset folder (Spark's and orchard's hidden files excluded)."""
+    return [name for name in fs.list_files(folder) if not name.startswith((".", "_"))]
+
+
+def part_checksums(output: str) -> dict[str, dict[str, dict]]:
+    """dataset -> file -> {bytes, sha256}, recorded in run.json at commit time."""
+    recorded: dict[str, dict[str, dict]] = {}
+    for dataset in CHECKSUMMED:
+        folder = fs.join(output, dataset)
+        recorded[dataset] = {}
+        for name in data_files(folder):
+            data = fs.read_bytes(fs.join(folder, name))
+            recorded[dataset][name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    return recorded
+
+
+def _table(output: str, dataset: str, columns: list[str]):
+    filesystem, path = fs.resolve(fs.join(output, dataset))
+    return pads.dataset(path, filesystem=filesystem, format="parquet").to_table(columns=columns)
+
+
+def verify(output: str) -> list[Finding]:
+    """Every check on `output`; an incomplete output stops after the first finding."""
+    if not fs.exists(fs.join(output, "_SUCCESS")) or not fs.exists(fs.join(output, "run.json")):
+        return [Finding("complete", False, "no _SUCCESS or run.json: the run did not finish (rerun it to resume)")]
+    info = fs.read_json(fs.join(output, "run.json"))
+    findings = [Finding("complete", True, "_SUCCESS and run.json present")]
+    findings.append(_check_parts(output, info.get("parts", {})))
+    counts = info["counts"]
+    metadata = _table(output, "metadata", ["path", "status"])
+    features = _table(output, "features", ["path", "features"])
+    errors = _table(output, "errors", ["path"])
+    pca = _table(output, "pca", ["path", "pca"])
+    adds_up = (counts["listed"] == counts["ok"] + counts["errors"] == metadata.num_rows
+               and features.num_rows == pca.num_rows == counts["ok"] and errors.num_rows == counts["errors"])
+    findings.append(Finding(
+        "accounting", adds_up,
+        f"listed {counts['listed']} = ok {counts['ok']} + errors {counts['errors']}; rows: metadata "
+        f"{metadata.num_rows}, features {features.num_rows}, pca {pca.num_rows}, errors {errors.num_rows}"))
+    paths = metadata["path"].to_pylist()
+    ok_paths, error_paths = set(features["path"].to_pylist()), set(errors["path"].to_pylist())
+    findings.append(Finding(
+        "unique paths", len(set(paths)) == len(paths) and not ok_paths & error_paths
+        and ok_paths | error_paths == set(paths),
+        f"{len(set(paths))} distinct of {len(paths)}; features and errors partition the listed files"))
+    k = info["pca"]["k"]
+    findings.append(_check_lengths("features", features["features"], FEATURE_DIM))
+    findings.append(_check_lengths("pca", pca["pca"], k))
+    model_parts = [fs.join(output, "model", "metadata"), fs.join(output, "model", "stages")]
+    findings.append(Finding("model", all(fs.exists(p) for p in model_parts), "model/metadata and model/stages"))
+    return findings
+
+
+def _check_parts(output: str, recorded: dict) -> Finding:
+    if not recorded:
+        return Finding("checksums", False, "run.json records no part checksums")
+    actual = part_checksums(output)
+    bad = [f"{dataset}/{name}" for dataset in CHECKSUMMED
+           for name in set(recorded.get(dataset, {})) | set(actual.get(dataset, {}))
+           if recorded.get(dataset, {}).get(name) != actual.get(dataset, {}).get(name)]
+    total = sum(len(files) for files in recorded.values())
+    return Finding("checksums", not bad, f"{total} parts match run.json" if not bad else f"differ: {bad[:5]}")
+
+
+def _check_lengths(dataset: str, column, expected: int) -> Finding:
+    lengths = pc.list_value_length(column)
+    low, high = pc.min(lengths).as_py(), pc.max(lengths).as_py()
+    ok = len(column) == 0 or (low == high == expected and column.null_count == 0)
+    return Finding(f"{dataset} vectors", ok, f"lengths {low}..{high}, expected {expected}")

@@ -1,0 +1,118 @@
+"""Nothing lost, nothing double-counted: verify, resume after a killed driver, determinism."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from infra import wait_for
+
+from orchard.config import RunConfig
+from orchard.pipeline import run
+from orchard.sample import SampleSpec, make_sample
+from orchard.verify import verify
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("reliability") / "fruits"
+    make_sample(root, SampleSpec(classes=5, train_per_class=40, test_per_class=8, seed=3))
+    (root / "Training" / "Banana" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 broken")
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference(spark, collection, tmp_path_factory) -> Path:
+    """An uninterrupted run: what every other run here must reproduce."""
+    output = tmp_path_factory.mktemp("reference") / "out"
+    run(RunConfig(input=str(collection), output=str(output), weights="random", k=8, progress=False), spark)
+    return output
+
+
+def frame(output: Path, dataset: str) -> pd.DataFrame:
+    return pd.read_parquet(output / dataset).sort_values("path", ignore_index=True)
+
+
+def assert_identical_runs(a: Path, b: Path) -> None:
+    fa, fb = frame(a, "features"), frame(b, "features")
+    assert fa["path"].tolist() == fb["path"].tolist()
+    assert all(np.array_equal(x, y) for x, y in zip(fa["features"], fb["features"], strict=True))
+    pd.testing.assert_frame_equal(frame(a, "errors"), frame(b, "errors"))
+    pd.testing.assert_frame_equal(frame(a, "metadata"), frame(b, "metadata"))
+    pa_, pb = frame(a, "pca"), frame(b, "pca")
+    np.testing.assert_allclose(np.abs(np.stack(pa_["pca"])), np.abs(np.stack(pb["pca"])), rtol=1e-5, atol=1e-5)
+
+
+def test_verify_accepts_a_finished_run_and_catches_damage(reference, tmp_path):
+    findings = verify(str(reference))
+    assert all(f.ok for f in findings), [f.line() for f in findings]
+    assert {f.check for f in findings} >= {"complete", "checksums", "accounting", "unique paths",
+                                            "features vectors", "pca vectors", "model"}
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(reference, damaged)
+    part = next((damaged / "features").glob("*.parquet"))
+    data = bytearray(part.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    part.write_bytes(bytes(data))
+    checks = {f.check: f.ok for f in verify(str(damaged))}
+    assert checks["checksums"] is False
+
+    (damaged / "_SUCCESS").unlink()
+    [only] = verify(str(damaged))
+    assert only.check == "complete" and not only.ok
+
+
+def test_verify_cli_exit_codes(reference, tmp_path):
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
+    good = subprocess.run([sys.executable, "-m", "orchard.cli", "verify", str(reference)], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert good.returncode == 0 and "verified" in good.stdout
+    missing = subprocess.run([sys.executable, "-m", "orchard.cli", "verify", str(tmp_path / "nothing")],
+                             capture_output=True, text=True, env=env, timeout=120)
+    assert missing.returncode == 1 and "NOT verified" in missing.stdout
+
+
+def test_driver_killed_mid_run_resumes_without_redoing_finished_shards(collection, reference, tmp_path):
+    output = tmp_path / "out"
+    command = [sys.executable, "-m", "orchard.cli", "run", str(collection), "--output", str(output),
+               "--weights", "random", "--k", "8", "--shard-size", "30", "--images-per-task", "10", "--no-progress"]
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"}
+    with open(tmp_path / "first.log", "w") as log:
+        driver = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        stats = output / "_work" / "stats"
+        wait_for(lambda: stats.is_dir() and len(list(stats.glob("*.json"))) >= 2, 180, "two finished shards")
+        os.kill(driver.pid, signal.SIGKILL)  # the driver process itself, no chance to clean up
+        driver.wait(timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # its JVM and workers exit with it; make sure
+            os.killpg(driver.pid, signal.SIGKILL)
+    done_before = len(list((output / "_work" / "stats").glob("*.json")))
+    assert not (output / "_SUCCESS").exists()
+    assert [f.ok for f in verify(str(output))] == [False]  # incomplete, and says so
+
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    info = pd.read_json(output / "run.json", typ="series")
+    assert info["resume"]["resumed"] is True
+    assert info["resume"]["shards_reused"] == done_before >= 2
+    assert info["counts"]["listed"] == info["counts"]["ok"] + info["counts"]["errors"] == 5 * 48 + 1
+    assert_identical_runs(reference, output)
+    assert all(f.ok for f in verify(str(output)))
+
+
+def test_same_output_whatever_the_partitioning(spark, collection, reference, tmp_path):
+    output = tmp_path / "out"
+    config = RunConfig(input=str(collection), output=str(output), weights="random", k=8, shard_size=17,
+                       images_per_task=7, batch_size=3, threads=2, progress=False)
+    run(config, spark)
+    assert_identical_runs(reference, output)
