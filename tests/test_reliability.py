@@ -116,3 +116,50 @@ def test_same_output_whatever_the_partitioning(spark, collection, reference, tmp
                        images_per_task=7, batch_size=3, threads=2, progress=False)
     run(config, spark)
     assert_identical_runs(reference, output)
+
+
+def test_bad_input_corpus_every_file_accounted_for(spark, tmp_path, monkeypatch):
+    from corpus import make_bad_corpus
+
+    from orchard.io import listing
+
+    root = tmp_path / "corpus"
+    expected = make_bad_corpus(root)
+    kinds = {Path(rel).name for rel in expected}
+    assert len(kinds) >= 25
+
+    real_list = listing.list_images
+
+    def list_then_lose_a_file(spark_session, input_root):
+        manifest = real_list(spark_session, input_root)
+        (root / "Training/Vanishing/gone-before-reading.jpg").unlink()  # between listing and reading
+        return manifest
+
+    monkeypatch.setattr(listing, "list_images", list_then_lose_a_file)
+    output = tmp_path / "out"
+    result = run(RunConfig(input=str(root), output=str(output), weights="random", k=3, progress=False), spark)
+
+    metadata = frame(output, "metadata").assign(rel=lambda f: f["path"].str.split("/corpus/", n=1).str[1])
+    errors = frame(output, "errors").assign(rel=lambda f: f["path"].str.split("/corpus/", n=1).str[1])
+    outcome = dict(zip(metadata["rel"], metadata["status"], strict=True))
+    stages = dict(zip(errors["rel"], errors["stage"], strict=True))
+    for rel, want in expected.items():
+        if want == "hidden":
+            assert rel not in outcome, f"{rel} should not be listed"
+        elif want == "ok":
+            assert outcome.get(rel) == "ok", f"{rel}: {outcome.get(rel)} {errors[errors['rel'] == rel]['error']}"
+        else:
+            assert stages.get(rel) == want, f"{rel}: expected a {want} error, got {stages.get(rel)}"
+    reasons = dict(zip(errors["rel"], errors["error"], strict=True))
+    assert reasons["Training/Links/loop.jpg"] == "symbolic link loop"
+    assert "broken symbolic link" in reasons["Training/Links/dangling.jpg"]
+    assert reasons["Training/Vanishing/gone-before-reading.jpg"] == "file vanished between listing and reading"
+    assert "decompression-bomb guard" in reasons["Training/Modes/bomb-10000x10000.png"]
+    assert not any("back-to-parent" in rel for rel in outcome)  # the cycle is not followed 40 levels deep
+    assert result.counts["skipped_cycle_paths"] > 0
+    counts = result.counts
+    assert counts["listed"] == counts["ok"] + counts["errors"] == len(outcome)
+    assert counts["listed"] == sum(v != "hidden" for v in expected.values())
+    same = metadata[metadata["rel"].str.endswith("/same.jpg")]
+    assert same["sha256"].nunique() == 1 and len(same) == 2
+    assert all(f.ok for f in verify(str(output)))

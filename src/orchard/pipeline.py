@@ -33,6 +33,7 @@ from orchard.featurize.batch import WorkerSettings
 from orchard.io import fs, listing
 from orchard.preprocess import Limits
 from orchard.progress import Progress
+from orchard.spark import RESULT_SCHEMA
 from orchard.verify import part_checksums
 
 DATASETS = ("features", "pca", "metadata", "errors", "variance")
@@ -176,24 +177,26 @@ def output_state(config: RunConfig, layout: Layout) -> str:
                       "pass --overwrite to replace it, or choose another folder")
 
 
-def _load_or_list(spark, config: RunConfig, layout: Layout, state: str) -> tuple[pd.DataFrame, int]:
+def _load_or_list(spark, config: RunConfig, layout: Layout, state: str) -> tuple[pd.DataFrame, dict]:
     """The selected images; a resumed run reuses the manifest it wrote, so shards stay the same."""
     manifest_uri = fs.join(layout.work, "manifest.parquet")
     if state == "resume" and fs.exists(manifest_uri):
         table = pq.read_table(io.BytesIO(fs.read_bytes(manifest_uri)))
-        return table.to_pandas(), int(table.schema.metadata[b"found"])
+        facts = {key.decode(): int(value) for key, value in table.schema.metadata.items() if key != b"pandas"}
+        return table.to_pandas(), facts
     found = listing.list_images(spark, config.input)
+    cycle_paths = found.attrs.get("cycle_paths", 0)
     selected = listing.select(found, config)
     if state == "replace":
         fs.remove_tree(layout.root)
     fs.write_json(fs.join(layout.work, "config.json"),
                   {"fingerprint": config.fingerprint(), "config": config.to_dict()})
     table = pa.Table.from_pandas(selected, preserve_index=False).replace_schema_metadata(
-        {"found": str(len(found))})
+        {"found": str(len(found)), "cycle_paths": str(cycle_paths)})
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
     fs.write_bytes(manifest_uri, buffer.getvalue())
-    return selected, len(found)
+    return selected, {"found": len(found), "cycle_paths": cycle_paths}
 
 
 def worker_settings(config: RunConfig, threads: int) -> WorkerSettings:
@@ -263,12 +266,24 @@ def featurize_shards(spark, manifest: pd.DataFrame, source, config: RunConfig, l
 
 
 def _run_shard(spark, udf, rows: pd.DataFrame, target: str, slots: int, images_per_task: int) -> None:
+    """One Spark job: featurise the shard's files; files the listing already failed become error rows."""
     from pyspark.sql import functions as F
 
-    tasks = max(slots, math.ceil(len(rows) / images_per_task))
-    frame = spark.createDataFrame(rows[["path", "label", "split"]]).repartition(tasks)
-    result = frame.select("path", "label", "split", udf(F.col("path")).alias("r")).select(
-        "path", "label", "split", "r.*")
+    failed = rows["list_error"].notna() if "list_error" in rows else pd.Series(False, index=rows.index)
+    todo = rows[~failed]
+    parts = []
+    if len(todo):
+        tasks = max(slots, math.ceil(len(todo) / images_per_task))
+        frame = spark.createDataFrame(todo[["path", "label", "split"]]).repartition(tasks)
+        parts.append(frame.select("path", "label", "split", udf(F.col("path")).alias("r")).select(
+            "path", "label", "split", "r.*"))
+    if failed.any():
+        listed = rows[failed]
+        errors = pd.DataFrame({"path": listed["path"], "label": listed["label"], "split": listed["split"],
+                               "features": None, "width": None, "height": None, "bytes": None, "sha256": None,
+                               "stage": "list", "error": listed["list_error"]})
+        parts.append(spark.createDataFrame(errors, f"path string, label string, split string, {RESULT_SCHEMA}"))
+    result = parts[0] if len(parts) == 1 else parts[0].unionByName(parts[1])
     result.write.mode("overwrite").parquet(target)
 
 
@@ -408,7 +423,8 @@ def run_info(config, spark, source, manifest, found, shard_stats, written, pca_s
                   "description": source.description, "meaningful": source.meaningful,
                   "weights_path": source.weights_path, "weights_sha256": source.weights_sha256,
                   "onnx_sha256": source.onnx_sha256},
-        "counts": {"found": found, "listed": len(manifest), "ok": written["ok"], "errors": written["errors"],
+        "counts": {"found": found["found"], "skipped_cycle_paths": found["cycle_paths"], "listed": len(manifest),
+                   "ok": written["ok"], "errors": written["errors"],
                    "rows": written["rows"], "distinct_paths": written["distinct_paths"],
                    "classes": written["classes"], "errors_by_stage": written["errors_by_stage"]},
         "shards": shard_stats,

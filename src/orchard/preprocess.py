@@ -111,6 +111,7 @@ def _decode_jpeg_fast(data: bytes, limits: Limits) -> tuple[np.ndarray, int, int
 
 
 def _decode_with_pillow(data: bytes, limits: Limits) -> tuple[np.ndarray, int, int]:
+    Image.MAX_IMAGE_PIXELS = limits.max_pixels  # Pillow's own guard agrees with --max-pixels
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -122,8 +123,9 @@ def _decode_with_pillow(data: bytes, limits: Limits) -> tuple[np.ndarray, int, i
             rgb = to_rgb(image)
     except ImageError:
         raise
-    except Image.DecompressionBombError as exc:
-        raise ImageError("decode", f"decompression bomb refused: {exc}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError("decode", f"refused by the decompression-bomb guard (raise --max-pixels to accept it): "
+                                   f"{exc}") from None
     except Image.UnidentifiedImageError:
         raise ImageError("decode", f"not a recognised image format (starts with {data[:8]!r})") from None
     except (OSError, SyntaxError, ValueError, Warning) as exc:

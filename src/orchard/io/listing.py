@@ -7,9 +7,13 @@ the file is at least two folders deep (Fruits-360: Training/<class>/<image>). Se
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import hashlib
 import math
+import os
+import re
+from functools import lru_cache
 from urllib.parse import unquote
 
 import pandas as pd
@@ -17,7 +21,7 @@ import pandas as pd
 from orchard.config import IMAGE_EXTENSIONS, RunConfig
 from orchard.errors import ConfigError, OrchardError
 
-MANIFEST_COLUMNS = ["path", "rel", "label", "split", "size", "mtime"]
+MANIFEST_COLUMNS = ["path", "rel", "label", "split", "size", "mtime"]  # + list_error for local fixes
 
 
 def extension_glob(extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> str:
@@ -55,7 +59,72 @@ def list_images(spark, root: str) -> pd.DataFrame:
     if len(index) != len(paths):
         empty = sorted({_hadoop_path_string(uri) for uri in index} - set(paths))
         paths, sizes, mtimes = paths + empty, sizes + [0] * len(empty), mtimes + [pd.NaT] * len(empty)
-    return build_manifest(paths, sizes, mtimes, qualified_root)
+    manifest = build_manifest(paths, sizes, mtimes, qualified_root)
+    if qualified_root.startswith("file:"):
+        manifest = reconcile_local(manifest, qualified_root[len("file:"):])
+    return manifest
+
+
+def reconcile_local(manifest: pd.DataFrame, root: str) -> pd.DataFrame:
+    """Local trees: what Hadoop's listing gets wrong with symbolic links, put right.
+
+    Hadoop silently drops broken links and links to themselves, and follows a directory link back to
+    an ancestor until the path is too long, listing the same files again under ever-longer paths.
+    Dropped entries come back as `list` errors; paths through a directory cycle are removed (their
+    files are listed once through the real path) and counted in `manifest.attrs["cycle_paths"]`.
+    """
+    real_root = os.path.realpath(root)
+    cyclic = {d for d in {p.rsplit("/", 1)[0] for p in manifest["path"]}
+              if _through_cycle(d[len("file:"):], root, real_root)}
+    in_cycle = manifest["path"].map(lambda p: p.rsplit("/", 1)[0] in cyclic)
+    kept = manifest[~in_cycle]
+    listed = set(kept["path"])
+    pattern = re.compile(r".*\.(" + "|".join(IMAGE_EXTENSIONS) + ")$", re.IGNORECASE)
+    missing: dict[str, str] = {}
+    for directory, folders, files in os.walk(root):
+        folders[:] = [f for f in folders if not f.startswith((".", "_"))]
+        for name in files:
+            path = f"file:{directory}/{name}"
+            if not name.startswith((".", "_")) and pattern.match(name) and path not in listed:
+                missing[path] = _unlisted_reason(f"{directory}/{name}")
+    if missing:
+        extra = build_manifest(list(missing), [0] * len(missing), [pd.NaT] * len(missing), "file:" + root)
+        extra["list_error"] = extra["path"].map(missing)
+        kept = pd.concat([kept, extra], ignore_index=True).sort_values("path", ignore_index=True)
+    kept.attrs["cycle_paths"] = int(in_cycle.sum())
+    return kept
+
+
+def _through_cycle(directory: str, root: str, real_root: str) -> bool:
+    """True when some folder on the way from `root` to `directory` resolves to one already passed."""
+    seen, current = {real_root}, root.rstrip("/")
+    for part in os.path.relpath(directory, root).split(os.sep):
+        if part == ".":
+            continue
+        current = f"{current}/{part}"
+        real = _realpath(current)
+        if real in seen:
+            return True
+        seen.add(real)
+    return False
+
+
+@lru_cache(maxsize=65536)
+def _realpath(path: str) -> str:
+    return os.path.realpath(path)
+
+
+def _unlisted_reason(path: str) -> str:
+    if os.path.islink(path):
+        try:
+            os.stat(path)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return "symbolic link loop"
+            return "broken symbolic link (its target does not exist)"
+    if not os.access(path, os.R_OK):
+        return "permission denied"
+    return "not listed by Spark (unreadable or special file)"
 
 
 def _hadoop_path_string(uri: str) -> str:
