@@ -131,6 +131,23 @@ def process_children(pid: int) -> list[int]:
     return children
 
 
+def python_workers() -> list[int]:
+    """PIDs of forked PySpark Python workers (children of a pyspark.daemon, not the daemon itself)."""
+    def command(pid: int) -> str:
+        with contextlib.suppress(OSError):
+            return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        return ""
+
+    workers = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and "pyspark.daemon" in command(int(entry.name)):
+            with contextlib.suppress(OSError):
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                if "pyspark.daemon" in command(parent):
+                    workers.append(int(entry.name))
+    return workers
+
+
 @contextlib.contextmanager
 def standalone_cluster(workdir: Path, workers: int = 2, cores: int = 1, memory: str = "2g"):
     """A real multi-process Spark standalone cluster on 127.0.0.1 (pip pyspark has no start-master.sh)."""

@@ -17,7 +17,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from infra import AWS_ENV, SPARK_HOME, moto_server, process_children, s3a_jars, standalone_cluster, wait_for
+from infra import (
+    AWS_ENV,
+    SPARK_HOME,
+    moto_server,
+    process_children,
+    python_workers,
+    s3a_jars,
+    standalone_cluster,
+    wait_for,
+)
 
 from orchard.sample import SampleSpec, make_sample
 
@@ -175,3 +184,26 @@ def test_packed_environment_runs_on_the_cluster_in_client_mode(cluster, collecti
     assert_same_features(local_run, output)
     pythons = {line.split()[2] for line in builds.read_text().splitlines()}
     assert pythons and all(p.endswith("environment/bin/python") for p in pythons), pythons
+
+
+def test_a_python_worker_killed_mid_task_is_retried_and_output_identical(cluster, collection, local_run, tmp_path):
+    """A transient task failure with no hook in the code: one forked Python worker gets SIGKILL mid-task."""
+    output = tmp_path / "out"
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"}
+    command = [sys.executable, "-m", "orchard.cli", "run", str(collection), "--output", str(output), "--weights",
+               "random", "--k", "5", "--master", cluster.master_url, "--shard-size", "50", "--images-per-task",
+               "5", "--no-progress"]
+    with open(tmp_path / "driver.log", "w") as log:
+        driver = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        stats = output / "_work" / "stats"
+        wait_for(lambda: stats.is_dir() and any(stats.iterdir()) and python_workers(), 240, "a busy Python worker")
+        victim = python_workers()[0]
+        os.kill(victim, signal.SIGKILL)
+        assert driver.wait(timeout=600) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert not Path(f"/proc/{victim}").exists()
+    assert_same_features(local_run, output)
+    assert cluster.alive_workers() == 2  # the executors survived; only the task was retried
