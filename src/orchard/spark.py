@@ -57,14 +57,14 @@ def get_session(options: SparkOptions | None = None, defaults: dict[str, str] | 
     return spark
 
 
+def task_cpus(spark) -> int:
+    """CPUs per task: orchard gives ONNX Runtime this many threads per Python worker."""
+    return int(spark.conf.get("spark.task.cpus", "1"))
+
+
 def task_slots(spark) -> int:
     """How many tasks run at once: the cluster's cores divided by spark.task.cpus."""
-    task_cpus = int(spark.conf.get("spark.task.cpus", "1"))
-    return max(1, spark.sparkContext.defaultParallelism // task_cpus)
-
-
-def task_cpus(spark) -> int:
-    return int(spark.conf.get("spark.task.cpus", "1"))
+    return max(1, spark.sparkContext.defaultParallelism // task_cpus(spark))
 
 
 def linear_algebra(spark) -> dict:
