@@ -196,15 +196,17 @@ def markdown(report: dict) -> str:
         f"{report['weights']}. ONNX Runtime alone (2 threads): {report['ceiling']:.0f} images/s.",
         "",
         "| images | end-to-end s | images/s | featurise images/s | share of ORT alone | listing s | "
-        "featurise s | write s | PCA s | peak driver / JVM / worker MB | output MB |",
+        "featurise s (worker s: read / decode+resize / inference) | write s | PCA s | "
+        "peak driver / JVM / worker / total MB | output MB |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["runs"]:
-        s, mem = r["stages_s"], r["peak_memory_mb"]
+        s, w, mem = r["stages_s"], r["worker_s"], r["peak_memory_mb"]
         lines.append(
             f"| {r['images']} | {r['seconds']} | {r['images_per_s']} | {r['featurize_images_per_s']} | "
-            f"{100 * r['share_of_ort_alone']:.0f}% | {s['listing']} | {s['featurize']} | {s['write']} | {s['pca']} | "
-            f"{mem['driver_mb']} / {mem['jvm_mb']} / {mem['python_worker_mb']} | {r['output_mb']} |")
+            f"{100 * r['share_of_ort_alone']:.0f}% | {s['listing']} | {s['featurize']} ({w['read']} / "
+            f"{w['preprocess']} / {w['inference']}) | {s['write']} | {s['pca']} | {mem['driver_mb']} / "
+            f"{mem['jvm_mb']} / {mem['python_worker_mb']} / {mem['total_mb']} | {r['output_mb']} |")
     if report["int8"]:
         q = report["int8"]
         lines += ["", f"int8 (static QDQ) on the same {q['images']} images: {q['images_per_s']} images/s end to end, "
@@ -236,8 +238,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="also run --precision int8 on the smallest size and compare it with fp32")
     parser.add_argument("--ceiling-seconds", type=float, default=5.0,
                         help="how long to time ONNX Runtime alone (the inference ceiling)")
+    parser.add_argument("--render", metavar="RESULTS_JSON",
+                        help="only rewrite the markdown table of an earlier results file, and print it")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="after --: extra `orchard run` options")
     args = parser.parse_args(argv)
+    if args.render:
+        report = json.loads(Path(args.render).read_text())
+        Path(args.render).with_suffix(".md").write_text(markdown(report))
+        print(markdown(report))
+        return 0
     extra = ["--weights", args.weights, *[a for a in args.extra if a != "--"]]
 
     ceiling = measure_ceiling(args.weights, args.ceiling_seconds)["ort_alone_2_threads_images_per_s"]

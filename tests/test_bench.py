@@ -26,3 +26,16 @@ def test_benchmark_harness_runs_and_writes_results(tmp_path):
     assert "| 150 |" in table
     assert report["int8"]["images"] == 150 and 0.5 < report["int8"]["cosine_median"] <= 1.0
     assert "int8 (static QDQ)" in table
+
+
+def test_render_rewrites_the_table_from_a_results_file(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    source = sorted(results.glob("*.json"))[-1]
+    copy = tmp_path / source.name
+    copy.write_text(source.read_text())
+    assert bench.main(["--render", str(copy)]) == 0
+    table = copy.with_suffix(".md").read_text()
+    assert "| 67692 |" in table and "worker s: read / decode+resize / inference" in table
