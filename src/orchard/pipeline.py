@@ -288,8 +288,7 @@ def _run_shard(spark, udf, rows: pd.DataFrame, target: str, slots: int, images_p
 
 
 def _shard_stats(shard: int, rows_uri: str, elapsed: float, before: list[float], after: list[float]) -> dict:
-    filesystem, path = fs.resolve(rows_uri)
-    errors = pads.dataset(path, filesystem=filesystem, format="parquet").to_table(columns=["error"])["error"]
+    errors = _read_columns(rows_uri, ["error"])["error"]
     count, ok = len(errors), errors.null_count  # a null error means the image was featurised
     worker = [b - a for a, b in zip(before, after, strict=True)]
     return {"shard": shard, "count": count, "ok": ok, "errors": count - ok, "seconds": elapsed,
@@ -341,19 +340,27 @@ def write_datasets(spark, layout: Layout, manifest: pd.DataFrame) -> dict:
     from pyspark.sql import functions as F
 
     rows = spark.read.parquet(layout.rows).drop("shard")
-    totals = rows.agg(F.count("*").alias("rows"), F.countDistinct("path").alias("distinct"),
-                      F.count(F.when(F.col("error").isNull(), 1)).alias("ok")).first()
     ok = rows.where(F.col("error").isNull())
-    _write_sorted(ok.select("path", "label", "split", "features"), layout.features, part_count(totals["ok"], 5200))
+    n_rows = len(manifest)
+    _write_sorted(ok.select("path", "label", "split", "features"), layout.features, part_count(n_rows, 5200))
     metadata = rows.select("path", "label", "split", "bytes", "width", "height", "sha256",
                            F.when(F.col("error").isNull(), "ok").otherwise("error").alias("status"))
-    _write_sorted(metadata, layout.metadata, part_count(totals["rows"], 200))
+    _write_sorted(metadata, layout.metadata, part_count(n_rows, 200))
     errors = rows.where(F.col("error").isNotNull()).select("path", "label", "split", "stage", "error")
     _write_sorted(errors, layout.errors, 1)
-    by_stage = {r["stage"]: r["count"] for r in errors.groupBy("stage").count().collect()}
-    return {"rows": totals["rows"], "ok": totals["ok"], "errors": totals["rows"] - totals["ok"],
-            "distinct_paths": totals["distinct"], "errors_by_stage": by_stage,
+    # The counts come from what was written, read back by the driver (small columns, no Spark job).
+    written = _read_columns(layout.metadata, ["path", "status"])
+    paths, statuses = written["path"], written["status"].to_pylist()
+    stages = _read_columns(layout.errors, ["stage"])["stage"].to_pylist()
+    return {"rows": len(paths), "ok": statuses.count("ok"), "errors": statuses.count("error"),
+            "distinct_paths": len(set(paths.to_pylist())),
+            "errors_by_stage": {stage: stages.count(stage) for stage in sorted(set(stages))},
             "classes": int(manifest["label"].nunique())}
+
+
+def _read_columns(uri: str, columns: list[str]) -> pa.Table:
+    filesystem, path = fs.resolve(uri)
+    return pads.dataset(path, filesystem=filesystem, format="parquet").to_table(columns=columns)
 
 
 def reduce_features(spark, config: RunConfig, layout: Layout, n_ok: int) -> reduce.PcaSummary:
