@@ -127,11 +127,16 @@ def _add_sample_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sample-seed", type=int, default=0, help="seed of the generated images")
 
 
+def storage_from_args(args: argparse.Namespace) -> StorageOptions:
+    """--s3-endpoint / --s3-region, each falling back to the AWS environment variables."""
+    environment = StorageOptions.from_env()
+    return StorageOptions(endpoint=args.s3_endpoint or environment.endpoint,
+                          region=args.s3_region or environment.region)
+
+
 def config_from_args(args: argparse.Namespace, input_uri: str, **overrides) -> RunConfig:
     spark = SparkOptions(master=args.master, conf=parse_conf_pairs(args.conf))
-    environment = StorageOptions.from_env()
-    storage = StorageOptions(endpoint=args.s3_endpoint or environment.endpoint,
-                             region=args.s3_region or environment.region)
+    storage = storage_from_args(args)
     values = dict(
         input=input_uri, output=args.output, weights=args.weights, seed=args.seed, precision=args.precision,
         k=args.k,
@@ -218,9 +223,7 @@ def _verify(args: argparse.Namespace) -> int:
     from orchard.io import fs
     from orchard.verify import verify
 
-    environment = StorageOptions.from_env()
-    fs.set_default_storage(StorageOptions(args.s3_endpoint or environment.endpoint,
-                                          args.s3_region or environment.region))
+    fs.set_default_storage(storage_from_args(args))
     findings = verify(args.output)
     for finding in findings:
         print(finding.line())

@@ -9,7 +9,6 @@ output without them is incomplete.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import platform
@@ -20,8 +19,6 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.dataset as pads
-import pyarrow.parquet as pq
 
 from orchard import __version__, reduce
 from orchard import spark as sparkglue
@@ -181,7 +178,7 @@ def _load_or_list(spark, config: RunConfig, layout: Layout, state: str) -> tuple
     """The selected images; a resumed run reuses the manifest it wrote, so shards stay the same."""
     manifest_uri = fs.join(layout.work, "manifest.parquet")
     if state == "resume" and fs.exists(manifest_uri):
-        table = pq.read_table(io.BytesIO(fs.read_bytes(manifest_uri)))
+        table = fs.read_columns(manifest_uri)
         facts = {key.decode(): int(value) for key, value in table.schema.metadata.items() if key != b"pandas"}
         return table.to_pandas(), facts
     found = listing.list_images(spark, config.input)
@@ -191,11 +188,8 @@ def _load_or_list(spark, config: RunConfig, layout: Layout, state: str) -> tuple
         fs.remove_tree(layout.root)
     fs.write_json(fs.join(layout.work, "config.json"),
                   {"fingerprint": config.fingerprint(), "config": config.to_dict()})
-    table = pa.Table.from_pandas(selected, preserve_index=False).replace_schema_metadata(
-        {"found": str(len(found)), "cycle_paths": str(cycle_paths)})
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    fs.write_bytes(manifest_uri, buffer.getvalue())
+    fs.write_parquet(manifest_uri, pa.Table.from_pandas(selected, preserve_index=False).replace_schema_metadata(
+        {"found": str(len(found)), "cycle_paths": str(cycle_paths)}))
     return selected, {"found": len(found), "cycle_paths": cycle_paths}
 
 
@@ -288,7 +282,7 @@ def _run_shard(spark, udf, rows: pd.DataFrame, target: str, slots: int, images_p
 
 
 def _shard_stats(shard: int, rows_uri: str, elapsed: float, before: list[float], after: list[float]) -> dict:
-    errors = _read_columns(rows_uri, ["error"])["error"]
+    errors = fs.read_columns(rows_uri, ["error"])["error"]
     count, ok = len(errors), errors.null_count  # a null error means the image was featurised
     worker = [b - a for a, b in zip(before, after, strict=True)]
     return {"shard": shard, "count": count, "ok": ok, "errors": count - ok, "seconds": elapsed,
@@ -349,18 +343,13 @@ def write_datasets(spark, layout: Layout, manifest: pd.DataFrame) -> dict:
     errors = rows.where(F.col("error").isNotNull()).select("path", "label", "split", "stage", "error")
     _write_sorted(errors, layout.errors, 1)
     # The counts come from what was written, read back by the driver (small columns, no Spark job).
-    written = _read_columns(layout.metadata, ["path", "status"])
+    written = fs.read_columns(layout.metadata, ["path", "status"])
     paths, statuses = written["path"], written["status"].to_pylist()
-    stages = _read_columns(layout.errors, ["stage"])["stage"].to_pylist()
+    stages = fs.read_columns(layout.errors, ["stage"])["stage"].to_pylist()
     return {"rows": len(paths), "ok": statuses.count("ok"), "errors": statuses.count("error"),
             "distinct_paths": len(set(paths.to_pylist())),
             "errors_by_stage": {stage: stages.count(stage) for stage in sorted(set(stages))},
             "classes": int(manifest["label"].nunique())}
-
-
-def _read_columns(uri: str, columns: list[str]) -> pa.Table:
-    filesystem, path = fs.resolve(uri)
-    return pads.dataset(path, filesystem=filesystem, format="parquet").to_table(columns=columns)
 
 
 def reduce_features(spark, config: RunConfig, layout: Layout, n_ok: int) -> reduce.PcaSummary:
@@ -377,9 +366,7 @@ def reduce_features(spark, config: RunConfig, layout: Layout, n_ok: int) -> redu
         "cumulative_variance": summary.cumulative,
         "kept": [i < summary.k for i in range(len(summary.explained))],
     })
-    buffer = io.BytesIO()
-    pq.write_table(variance, buffer)  # a few KB: written by the driver, no Spark job
-    fs.write_bytes(fs.join(layout.variance, "part-00000.parquet"), buffer.getvalue())
+    fs.write_parquet(fs.join(layout.variance, "part-00000.parquet"), variance)  # a few KB: no Spark job
     return summary
 
 

@@ -9,7 +9,6 @@ import hashlib
 from dataclasses import dataclass
 
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 
 from orchard.featurize.mobilenet import FEATURE_DIM
 from orchard.io import fs
@@ -44,11 +43,6 @@ def part_checksums(output: str) -> dict[str, dict[str, dict]]:
     return recorded
 
 
-def _table(output: str, dataset: str, columns: list[str]):
-    filesystem, path = fs.resolve(fs.join(output, dataset))
-    return pads.dataset(path, filesystem=filesystem, format="parquet").to_table(columns=columns)
-
-
 def verify(output: str) -> list[Finding]:
     """Every check on `output`; an incomplete output stops after the first finding."""
     if not fs.exists(fs.join(output, "_SUCCESS")) or not fs.exists(fs.join(output, "run.json")):
@@ -57,10 +51,10 @@ def verify(output: str) -> list[Finding]:
     findings = [Finding("complete", True, "_SUCCESS and run.json present")]
     findings.append(_check_parts(output, info.get("parts", {})))
     counts = info["counts"]
-    metadata = _table(output, "metadata", ["path", "status"])
-    features = _table(output, "features", ["path", "features"])
-    errors = _table(output, "errors", ["path"])
-    pca = _table(output, "pca", ["path", "pca"])
+    metadata = fs.read_columns(fs.join(output, "metadata"), ["path", "status"])
+    features = fs.read_columns(fs.join(output, "features"), ["path", "features"])
+    errors = fs.read_columns(fs.join(output, "errors"), ["path"])
+    pca = fs.read_columns(fs.join(output, "pca"), ["path", "pca"])
     adds_up = (counts["listed"] == counts["ok"] + counts["errors"] == metadata.num_rows
                and features.num_rows == pca.num_rows == counts["ok"] and errors.num_rows == counts["errors"])
     findings.append(Finding(

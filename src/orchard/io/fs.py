@@ -7,6 +7,7 @@ pyarrow's S3 filesystem, AWS default credential chain), and whatever else pyarro
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import posixpath
@@ -15,7 +16,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import urlparse
 
+import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 S3_SCHEMES = ("s3", "s3a", "s3n")
 
@@ -111,6 +115,19 @@ def write_json(uri: str, payload: dict, storage: StorageOptions | None = None) -
 
 def read_json(uri: str, storage: StorageOptions | None = None) -> dict:
     return json.loads(read_bytes(uri, storage))
+
+
+def write_parquet(uri: str, table: pa.Table, storage: StorageOptions | None = None) -> None:
+    """A small Parquet file written whole by the driver (manifest, variance table)."""
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    write_bytes(uri, buffer.getvalue(), storage)
+
+
+def read_columns(uri: str, columns: list[str] | None = None, storage: StorageOptions | None = None) -> pa.Table:
+    """Columns of a Parquet file or dataset folder (Spark's hidden '.'/'_' files skipped)."""
+    filesystem, path = resolve(uri, storage)
+    return pads.dataset(path, filesystem=filesystem, format="parquet").to_table(columns=columns)
 
 
 def exists(uri: str, storage: StorageOptions | None = None) -> bool:
