@@ -13,7 +13,8 @@ import pytest
 from orchard.config import RunConfig
 from orchard.errors import ConfigError
 from orchard.io import listing
-from orchard.pipeline import read_info, run
+from orchard.output import read_info
+from orchard.pipeline import run
 
 CLASSES, PER_CLASS = 4, 16  # sample_tree: 4 classes x (12 train + 4 test)
 

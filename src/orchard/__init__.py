@@ -12,7 +12,8 @@ __version__ = "0.1.0"
 
 from orchard.config import RunConfig, SparkOptions
 from orchard.errors import OrchardError
-from orchard.pipeline import RunResult, read_info, run
+from orchard.output import read_info
+from orchard.pipeline import RunResult, run
 from orchard.sample import SampleSpec, make_sample
 from orchard.spark import get_session
 

@@ -9,7 +9,6 @@ output without them is incomplete.
 
 from __future__ import annotations
 
-import json
 import math
 import platform
 import threading
@@ -28,54 +27,13 @@ from orchard.errors import AccountingError, ConfigError
 from orchard.featurize import weights
 from orchard.featurize.batch import WorkerSettings
 from orchard.io import fs, listing
+from orchard.output import DATASETS, Layout
 from orchard.preprocess import Limits
 from orchard.progress import Progress
 from orchard.spark import RESULT_SCHEMA
 from orchard.verify import part_checksums
 
-DATASETS = ("features", "pca", "metadata", "errors", "variance")
 TARGET_PART_BYTES = 128 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where everything lives under --output."""
-
-    root: str
-
-    def __getattr__(self, name: str) -> str:
-        if name in DATASETS or name == "model":
-            return fs.join(self.root, name)
-        raise AttributeError(name)
-
-    @property
-    def work(self) -> str:
-        return fs.join(self.root, "_work")
-
-    @property
-    def rows(self) -> str:
-        return fs.join(self.work, "rows")
-
-    @property
-    def stats(self) -> str:
-        return fs.join(self.work, "stats")
-
-    def shard_rows(self, shard: int) -> str:
-        return fs.join(self.rows, f"shard={shard:05d}")
-
-    def shard_stats(self, shard: int) -> str:
-        return fs.join(self.stats, f"shard-{shard:05d}.json")
-
-    @property
-    def run_json(self) -> str:
-        return fs.join(self.root, "run.json")
-
-    @property
-    def success(self) -> str:
-        return fs.join(self.root, "_SUCCESS")
-
-    def csv(self, dataset: str) -> str:
-        return fs.join(self.root, "csv", dataset)
 
 
 @dataclass
@@ -435,11 +393,3 @@ def check_accounting(counts: dict) -> None:
             f"accounting does not add up: listed {counts['listed']}, ok {counts['ok']}, errors "
             f"{counts['errors']}, rows {counts['rows']}, distinct paths {counts['distinct_paths']}"
         )
-
-
-def read_info(output: str) -> dict:
-    """run.json of a finished output; raises ConfigError when the output is incomplete."""
-    layout = Layout(output)
-    if not fs.exists(layout.success):
-        raise ConfigError(f"output {output} is incomplete (no _SUCCESS): rerun the same command to finish it")
-    return json.loads(fs.read_bytes(layout.run_json))
