@@ -36,6 +36,13 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     output = parser.add_argument_group("output")
     output.add_argument("--csv", action="store_true", help="also write CSV copies of every dataset under csv/")
     output.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    output.add_argument("--incremental", action="store_true",
+                        help="treat --output as a store of versions (v=0001, v=0002, ...): write the next "
+                             "version, featurising only images added or changed (path, size, mtime) since the "
+                             "latest one; removed images leave it; nothing changed = no new version")
+    output.add_argument("--refit-pca", action="store_true",
+                        help="with --incremental: fit PCA on the new version instead of reusing the model of "
+                             "the latest one")
     guards = parser.add_argument_group("image guards")
     guards.add_argument("--max-pixels", type=int, default=64_000_000,
                         help="refuse images with more pixels than this (decompression bombs; default 64M)")
@@ -117,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", "-o", default="out/demo", help="where to write results")
     _add_sample_options(demo)
     add_run_options(demo)
+    _add_report_parser(commands)
     return parser
 
 
@@ -141,6 +149,7 @@ def config_from_args(args: argparse.Namespace, input_uri: str, **overrides) -> R
         input=input_uri, output=args.output, weights=args.weights, seed=args.seed, precision=args.precision,
         k=args.k,
         variance=args.variance, standardize=args.standardize, csv=args.csv, overwrite=args.overwrite,
+        incremental=args.incremental, refit_pca=args.refit_pca,
         max_pixels=args.max_pixels, max_bytes=args.max_bytes, batch_size=args.batch_size, threads=args.threads,
         shard_size=args.shard_size, images_per_task=args.images_per_task, io_threads=args.io_threads,
         progress=not args.no_progress, spark=spark, storage=storage,
@@ -232,7 +241,29 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if good else 1
 
 
-COMMANDS = {"run": _run, "sample": _sample, "demo": _demo, "package": _package, "verify": _verify}
+def _add_report_parser(commands: argparse._SubParsersAction) -> None:
+    report = commands.add_parser(
+        "report", help="write an HTML report (and PNG figures) of a finished run",
+        description="Write a self-contained HTML page about OUTPUT without Spark: images per class and split, "
+                    "errors by stage and reason, explained variance with the chosen k, a PCA scatter, time per "
+                    "stage, configuration and model, and the classifier's scores when `orchard train` ran.")
+    report.add_argument("output", help="folder or URI of an orchard output")
+    report.add_argument("--out", help="HTML file (ending .html) or folder to write the report to "
+                                      "(default: OUTPUT's run folder/report/index.html)")
+    report.add_argument("--s3-endpoint", help="S3 endpoint URL for S3-compatible stores")
+    report.add_argument("--s3-region", help="S3 region")
+
+
+def _report(args: argparse.Namespace) -> int:
+    from orchard.io import fs
+    from orchard.report import write_report
+
+    fs.set_default_storage(storage_from_args(args))
+    print(f"wrote {write_report(args.output, args.out)}")
+    return 0
+
+
+COMMANDS = {"run": _run, "sample": _sample, "demo": _demo, "package": _package, "verify": _verify, "report": _report}
 
 if __name__ == "__main__":
     sys.exit(main())

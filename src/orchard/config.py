@@ -47,6 +47,8 @@ class RunConfig:
     # outputs
     csv: bool = False
     overwrite: bool = False
+    incremental: bool = False  # write a new version of a store, featurising only new/changed images
+    refit_pca: bool = False  # incremental: fit PCA again instead of reusing the previous version's model
     # execution (does not change results)
     batch_size: int = 8
     threads: int | None = None  # ONNX Runtime intra-op threads per Python worker; None: spark.task.cpus
@@ -66,12 +68,21 @@ class RunConfig:
 
     def fingerprint(self) -> str:
         """A hash of the fields that change results; a resumed run must have the same one."""
-        keys = ("input", "classes", "splits", "limit", "weights", "seed", "precision", "max_pixels", "max_bytes")
-        payload = json.dumps({key: getattr(self, key) for key in keys}, sort_keys=True, default=list)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+        keys = ("input", "classes", "splits", "limit", "incremental", "refit_pca")
+        return _digest({key: getattr(self, key) for key in keys}, self.feature_fingerprint())
+
+    def feature_fingerprint(self) -> str:
+        """A hash of the fields that change one image's features; versions can share rows only if equal."""
+        keys = ("weights", "seed", "precision", "max_pixels", "max_bytes")
+        return _digest({key: getattr(self, key) for key in keys})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _digest(*values) -> str:
+    payload = json.dumps(values, sort_keys=True, default=list)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 def validate(config: RunConfig) -> None:
@@ -97,6 +108,13 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}")
     if config.weights.strip() == "":
         raise ConfigError("--weights: give 'imagenet', 'random' or the path of a Keras .h5 weights file")
+    if config.incremental and config.overwrite:
+        raise ConfigError("--incremental adds a version and never replaces one: drop --overwrite")
+    if config.refit_pca and not config.incremental:
+        raise ConfigError("--refit-pca only applies to --incremental runs (a full run always fits PCA)")
+    if config.incremental and config.precision != "fp32":
+        raise ConfigError("--incremental needs --precision fp32: int8 calibration depends on the whole input, "
+                          "so versions could not share rows")
     if _same_location(config.input, config.output):
         raise ConfigError("--output must not be the input folder: choose another folder")
 

@@ -29,7 +29,7 @@ class Layout:
     root: str
 
     def __getattr__(self, name: str) -> str:
-        if name in DATASETS or name == "model":
+        if name in DATASETS or name in ("model", "changes"):
             return fs.join(self.root, name)
         raise AttributeError(name)
 

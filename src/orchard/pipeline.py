@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 import pandas as pd
 import pyarrow as pa
 
-from orchard import __version__, reduce
+from orchard import __version__, incremental, output, reduce
 from orchard import spark as sparkglue
 from orchard.cloud import s3
-from orchard.config import RunConfig
+from orchard.config import RunConfig, effective_k_rule
 from orchard.errors import AccountingError, ConfigError
 from orchard.featurize import weights
 from orchard.featurize.batch import WorkerSettings
@@ -34,6 +34,8 @@ from orchard.spark import RESULT_SCHEMA
 from orchard.verify import part_checksums
 
 TARGET_PART_BYTES = 128 * 1024 * 1024
+ROW_KEYS = ("path", "label", "split", "modified_us")  # manifest columns every shard row carries
+ROW_KEYS_SCHEMA = "path string, label string, split string, modified_us bigint"
 
 
 @dataclass
@@ -66,6 +68,13 @@ class RunResult:
             if quantization["cosine_median"] < INT8_COSINE_TARGET:
                 note = f"WARNING: {note}, below {INT8_COSINE_TARGET}: prefer --precision fp32"
             lines.insert(len(lines) - 1, note)
+        change = self.info.get("incremental")
+        if self.info.get("up_to_date"):
+            lines = [f"nothing added, changed or removed since {self.output}: no new version", *lines[-1:]]
+        elif change:
+            lines.insert(len(lines) - 1, f"version {change['version']} (base {change['base_version']}): added "
+                         f"{change['added']}, changed {change['changed']}, removed {change['removed']}, unchanged "
+                         f"{change['unchanged']}; PCA {change['pca']}")
         return "\n".join(lines)
 
 
@@ -82,39 +91,138 @@ class Timings(dict):
 
 
 def run(config: RunConfig, spark=None) -> RunResult:
-    """Run the whole pipeline for `config`; returns the run's summary (also written to run.json)."""
+    """Run the whole pipeline for `config`; returns the run's summary (also written to run.json).
+
+    With `config.incremental`, `config.output` is a versioned store: the run writes the next version,
+    featurising only what changed since the latest one (nothing new: the latest version is returned as is).
+    """
     started = time.perf_counter()
     fs.set_default_storage(config.storage)
-    layout = Layout(config.output)
-    state = output_state(config, layout)  # read-only: nothing is written before input and weights check out
+    target = plan_target(config)  # read-only: nothing is written before input and weights check out
+    layout = target.layout
     timings = Timings()
     spark = spark or sparkglue.get_session(config.spark, s3.spark_conf(config.storage, config.input, config.output))
 
     with timings.stage("model"):
         source = weights.resolve(config.weights, config.seed)
+    base_info = check_base(config, target, source)
     with timings.stage("listing"):
-        manifest, found = _load_or_list(spark, config, layout, state)
+        manifest, found = _load_or_list(spark, config, layout, target.state)
+    work, changes = manifest, None
+    if target.base is not None:
+        with timings.stage("compare"):
+            changes = incremental.diff(manifest, incremental.recorded_state(target.base))
+            if changes.empty and not config.refit_pca:
+                fs.remove_tree(layout.root)
+                return RunResult(target.base.root, {**base_info, "up_to_date": True})
+            work = changes.todo
+            _carry(spark, target.base, changes, layout)
     if config.precision == "int8":
         with timings.stage("quantize"):
             source = quantized(source, manifest, config)
     with timings.stage("featurize"):
-        shard_stats = featurize_shards(spark, manifest, source, config, layout)
+        shard_stats = featurize_shards(spark, work, source, config, layout)
     with timings.stage("write"):
         written = write_datasets(spark, layout, manifest)
     with timings.stage("pca"):
-        pca_summary = reduce_features(spark, config, layout, written["ok"])
+        reuse = target.base if target.base is not None and not config.refit_pca else None
+        pca_summary = reduce_features(spark, config, layout, written["ok"], reuse, base_info)
     if config.csv:
         with timings.stage("csv"):
             write_csv(spark, layout, pca_summary.k)
 
     info = run_info(config, spark, source, manifest, found, shard_stats, written, pca_summary, timings, started)
-    info["parts"] = part_checksums(config.output)
-    info["resume"] = {"resumed": state == "resume", "shards_reused": sum(s.get("reused", False) for s in shard_stats)}
+    info["outputs"] = {name: getattr(layout, name) for name in (*DATASETS, "model")}
+    if config.incremental:
+        info["incremental"] = incremental_info(target, changes, len(work), reuse)
+        if changes is not None:
+            incremental.write_changes(changes, layout.changes)
+    info["parts"] = part_checksums(layout.root)
+    info["resume"] = {"resumed": target.state == "resume",
+                      "shards_reused": sum(s.get("reused", False) for s in shard_stats)}
     check_accounting(info["counts"])
     fs.write_json(layout.run_json, info)
-    fs.write_bytes(layout.success, b"")
+    fs.write_bytes(layout.success, b"")  # the commit: the folder is now a finished run
     fs.remove_tree(layout.work)
-    return RunResult(config.output, info)
+    if target.version is not None:
+        publish(config.output, target.version)
+    return RunResult(layout.root, info)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where this run writes (`layout`), in which state, and the version it builds on (incremental)."""
+
+    layout: Layout
+    state: str  # "new", "resume" or "replace"
+    version: int | None = None  # the version number, for incremental runs
+    base: Layout | None = None  # the store's latest committed version, if any
+
+
+def plan_target(config: RunConfig) -> Target:
+    """The folder this run writes; refuses outputs it must not touch (read-only)."""
+    if not config.incremental:
+        layout = Layout(config.output)
+        return Target(layout, output_state(config, layout))
+    store = config.output
+    if fs.exists(fs.join(store, "_SUCCESS")):
+        raise ConfigError(f"output {store} holds a single (not incremental) run: --incremental needs a store of "
+                          "versions; choose a new folder for it")
+    committed = [v for v in output.versions(store) if fs.exists(fs.join(store, output.version_name(v), "_SUCCESS"))]
+    if committed and output.latest_version(store) != committed[-1]:
+        publish(store, committed[-1])  # an earlier run stopped between its commit and the pointer update
+    base = Layout(fs.join(store, output.version_name(committed[-1]))) if committed else None
+    unfinished = [v for v in output.versions(store) if v not in committed and v > (committed or [0])[-1]]
+    if unfinished:
+        layout = Layout(fs.join(store, output.version_name(unfinished[-1])))
+        if output_state(config, layout) == "resume":
+            return Target(layout, "resume", unfinished[-1], base)
+    number = max(output.versions(store) or [0]) + 1
+    return Target(Layout(fs.join(store, output.version_name(number))), "new", number, base)
+
+
+def publish(store: str, version: int) -> None:
+    """Point the store's `_LATEST` at a committed version (written after the version's `_SUCCESS`)."""
+    fs.write_json(output.latest_uri(store), {"version": version, "path": output.version_name(version),
+                                             "published_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+
+
+def check_base(config: RunConfig, target: Target, source: weights.ModelSource) -> dict:
+    """run.json of the base version, once checked that its rows and PCA model may be reused; {} if none."""
+    if target.base is None:
+        return {}
+    info = fs.read_json(target.base.run_json)
+    name = target.base.root.rsplit("/", 1)[-1]
+    if (info.get("feature_fingerprint") != config.feature_fingerprint()
+            or info["model"]["onnx_sha256"] != source.onnx_sha256):
+        raise ConfigError(f"{name} of {config.output} was made with other weights or image guards: rerun with its "
+                          "--weights/--seed/--max-pixels/--max-bytes, or write a new output")
+    pca = info["pca"]
+    rule, target_value = effective_k_rule(config)
+    if not config.refit_pca and ((rule, target_value, config.standardize)
+                                 != (pca["rule"], pca["target"], pca["standardized"])):
+        raise ConfigError(f"the PCA options differ from {name}'s model (k rule {pca['rule']} {pca['target']}, "
+                          f"standardize {pca['standardized']}): add --refit-pca to fit a new one")
+    return info
+
+
+def _carry(spark, base: Layout, changes: incremental.Changes, layout: Layout) -> None:
+    """Copy the unchanged rows of the base version into this version's shard rows (once, even on resume)."""
+    marker = fs.join(layout.stats, "carried.json")
+    if changes.carried and not fs.exists(marker):
+        incremental.carry_rows(spark, base, changes.carried, fs.join(layout.rows, "shard=carried"))
+        fs.write_json(marker, {"rows": len(changes.carried)})  # written last, like a shard's stats
+
+
+def incremental_info(target: Target, changes: incremental.Changes | None, featurized: int,
+                     reused: Layout | None) -> dict:
+    """run.json's account of what this version changed relative to its base."""
+    base = target.base.root.rsplit("/", 1)[-1] if target.base is not None else None
+    counts = changes.counts() if changes is not None else {"added": featurized, "changed": 0, "removed": 0,
+                                                            "unchanged": 0}
+    return {"version": target.version, "base_version": base, **counts, "featurized": featurized,
+            "pca": f"reused from {base}" if reused is not None else "fitted on this version",
+            "changes": "changes/" if changes is not None else None}
 
 
 def output_state(config: RunConfig, layout: Layout) -> str:
@@ -124,11 +232,14 @@ def output_state(config: RunConfig, layout: Layout) -> str:
     if config.overwrite:
         return "replace"
     if fs.exists(layout.success):
-        raise ConfigError(f"output {config.output} already holds a finished run: pass --overwrite to replace it")
+        raise ConfigError(f"output {layout.root} already holds a finished run: pass --overwrite to replace it")
     config_uri = fs.join(layout.work, "config.json")
     if fs.exists(config_uri) and fs.read_json(config_uri).get("fingerprint") == config.fingerprint():
         return "resume"
-    raise ConfigError(f"output {config.output} exists and is not an interrupted run of this command: "
+    if config.incremental:
+        raise ConfigError(f"{layout.root} is an unfinished version made by another command: rerun that command "
+                          "to finish it, or delete that folder")
+    raise ConfigError(f"output {layout.root} exists and is not an interrupted run of this command: "
                       "pass --overwrite to replace it, or choose another folder")
 
 
@@ -185,7 +296,7 @@ def quantized(source: weights.ModelSource, manifest: pd.DataFrame, config: RunCo
 
 
 def shard_count(images: int, shard_size: int) -> int:
-    return max(1, math.ceil(images / shard_size))
+    return math.ceil(images / shard_size)
 
 
 def featurize_shards(spark, manifest: pd.DataFrame, source, config: RunConfig, layout: Layout) -> list[dict]:
@@ -226,15 +337,14 @@ def _run_shard(spark, udf, rows: pd.DataFrame, target: str, slots: int, images_p
     parts = []
     if len(todo):
         tasks = max(slots, math.ceil(len(todo) / images_per_task))
-        frame = spark.createDataFrame(todo[["path", "label", "split"]]).repartition(tasks)
-        parts.append(frame.select("path", "label", "split", udf(F.col("path")).alias("r")).select(
-            "path", "label", "split", "r.*"))
+        frame = spark.createDataFrame(todo[list(ROW_KEYS)], ROW_KEYS_SCHEMA).repartition(tasks)
+        parts.append(frame.select(*ROW_KEYS, udf(F.col("path")).alias("r")).select(*ROW_KEYS, "r.*"))
     if failed.any():
         listed = rows[failed]
-        errors = pd.DataFrame({"path": listed["path"], "label": listed["label"], "split": listed["split"],
-                               "features": None, "width": None, "height": None, "bytes": None, "sha256": None,
-                               "stage": "list", "error": listed["list_error"]})
-        parts.append(spark.createDataFrame(errors, f"path string, label string, split string, {RESULT_SCHEMA}"))
+        errors = pd.DataFrame({**{key: listed[key] for key in ROW_KEYS}, "features": None, "width": None,
+                               "height": None, "bytes": None, "sha256": None, "stage": "list",
+                               "error": listed["list_error"]})
+        parts.append(spark.createDataFrame(errors, f"{ROW_KEYS_SCHEMA}, {RESULT_SCHEMA}"))
     result = parts[0] if len(parts) == 1 else parts[0].unionByName(parts[1])
     result.write.mode("overwrite").parquet(target)
 
@@ -296,6 +406,7 @@ def write_datasets(spark, layout: Layout, manifest: pd.DataFrame) -> dict:
     n_rows = len(manifest)
     _write_sorted(ok.select("path", "label", "split", "features"), layout.features, part_count(n_rows, 5200))
     metadata = rows.select("path", "label", "split", "bytes", "width", "height", "sha256",
+                           F.timestamp_micros("modified_us").alias("modified"),
                            F.when(F.col("error").isNull(), "ok").otherwise("error").alias("status"))
     _write_sorted(metadata, layout.metadata, part_count(n_rows, 200))
     errors = rows.where(F.col("error").isNotNull()).select("path", "label", "split", "stage", "error")
@@ -310,12 +421,18 @@ def write_datasets(spark, layout: Layout, manifest: pd.DataFrame) -> dict:
             "classes": int(manifest["label"].nunique())}
 
 
-def reduce_features(spark, config: RunConfig, layout: Layout, n_ok: int) -> reduce.PcaSummary:
-    """Fit PCA on features/, write pca/, variance/ and the model/ folder."""
+def reduce_features(spark, config: RunConfig, layout: Layout, n_ok: int, reuse: Layout | None = None,
+                    base_info: dict | None = None) -> reduce.PcaSummary:
+    """Fit PCA on features/ (or reuse the model of version `reuse`); write pca/, variance/ and model/."""
     if n_ok < 2:
         raise ConfigError(f"only {n_ok} image(s) could be featurised: PCA needs at least 2 (see errors/)")
     features = spark.read.parquet(layout.features)
-    model, summary = reduce.fit(features, config)
+    if reuse is None:
+        model, summary = reduce.fit(features, config)
+    else:
+        from pyspark.ml import PipelineModel
+
+        model, summary = PipelineModel.load(reuse.model), reduce.PcaSummary.from_dict(base_info["pca"])
     _write_sorted(reduce.transform(model, features), layout.pca, part_count(n_ok, 4 * summary.k + 200))
     model.write().overwrite().save(layout.model)
     variance = pa.table({
@@ -364,6 +481,7 @@ def run_info(config, spark, source, manifest, found, shard_stats, written, pca_s
         "status": "complete",
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "fingerprint": config.fingerprint(),
+        "feature_fingerprint": config.feature_fingerprint(),
         "config": config.to_dict(),
         "versions": {"python": platform.python_version(), "pyspark": pyspark.__version__,
                      "onnxruntime": onnxruntime.__version__, "numpy": numpy.__version__},
@@ -382,7 +500,6 @@ def run_info(config, spark, source, manifest, found, shard_stats, written, pca_s
         "shards": shard_stats,
         "timings": timings,
         "pca": pca_summary.to_dict(),
-        "outputs": {name: getattr(Layout(config.output), name) for name in (*DATASETS, "model")},
     }
 
 

@@ -34,6 +34,12 @@ class PcaSummary:
     def kept_share(self) -> float:
         return float(sum(self.explained[: self.k]))
 
+    @classmethod
+    def from_dict(cls, values: dict) -> PcaSummary:
+        """The summary recorded in run.json (its "pca" entry)."""
+        return cls(values["k"], values["rule"], values["target"], values["explained_variance"],
+                   values["standardized"])
+
     def to_dict(self) -> dict:
         return {"k": self.k, "rule": self.rule, "target": self.target, "standardized": self.standardized,
                 "kept_variance": self.kept_share, "explained_variance": self.explained,

@@ -10,8 +10,10 @@ from dataclasses import dataclass
 
 import pyarrow.compute as pc
 
+from orchard.errors import ConfigError
 from orchard.featurize.mobilenet import FEATURE_DIM
 from orchard.io import fs
+from orchard.output import resolve
 
 CHECKSUMMED = ("features", "pca", "metadata", "errors", "variance")
 
@@ -43,12 +45,17 @@ def part_checksums(output: str) -> dict[str, dict[str, dict]]:
     return recorded
 
 
-def verify(output: str) -> list[Finding]:
-    """Every check on `output`; an incomplete output stops after the first finding."""
-    if not fs.exists(fs.join(output, "_SUCCESS")) or not fs.exists(fs.join(output, "run.json")):
-        return [Finding("complete", False, "no _SUCCESS or run.json: the run did not finish (rerun it to resume)")]
+def verify(location: str) -> list[Finding]:
+    """Every check on the finished run `location` names (a store: its latest version); stops early if none."""
+    try:
+        output = resolve(location)
+    except ConfigError as error:
+        return [Finding("complete", False, str(error))]
+    if not fs.exists(fs.join(output, "run.json")):
+        return [Finding("complete", False, "no run.json: the run did not finish (rerun it to resume)")]
     info = fs.read_json(fs.join(output, "run.json"))
-    findings = [Finding("complete", True, "_SUCCESS and run.json present")]
+    where = "" if output == location else f" ({output.rsplit('/', 1)[-1]}, the latest version)"
+    findings = [Finding("complete", True, f"_SUCCESS and run.json present{where}")]
     findings.append(_check_parts(output, info.get("parts", {})))
     counts = info["counts"]
     metadata = fs.read_columns(fs.join(output, "metadata"), ["path", "status"])

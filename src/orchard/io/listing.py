@@ -21,7 +21,7 @@ import pandas as pd
 from orchard.config import IMAGE_EXTENSIONS, RunConfig
 from orchard.errors import ConfigError, OrchardError
 
-MANIFEST_COLUMNS = ["path", "rel", "label", "split", "size", "mtime"]  # + list_error for local fixes
+MANIFEST_COLUMNS = ["path", "rel", "label", "split", "size", "modified_us"]  # + list_error for local fixes
 
 
 def extension_glob(extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> str:
@@ -33,7 +33,8 @@ def extension_glob(extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> str:
 
 
 def list_images(spark, root: str) -> pd.DataFrame:
-    """Every image file under `root` (recursive), as a manifest: path, rel, label, split, size, mtime.
+    """Every image file under `root` (recursive), as a manifest: path, rel, label, split, size, modified_us
+    (modification time, microseconds since the epoch: an instant, whatever the time zone).
 
     Spark treats names starting with '.' or '_' as hidden and does not list them. Zero-byte files are
     listed (with size 0) so that they end up in errors/ rather than vanish.
@@ -48,17 +49,20 @@ def list_images(spark, root: str) -> pd.DataFrame:
             .option("pathGlobFilter", extension_glob())
             .load(root)
         )
-        frame = source.select("path", "length", "modificationTime").toPandas()  # content pruned: not read
+        # content pruned: not read
+        frame = source.selectExpr("path", "length", "unix_micros(modificationTime) AS modified").toPandas()
     except AnalysisException as exc:
         if "PATH_NOT_FOUND" in str(exc) or "does not exist" in str(exc):
             raise OrchardError(f"input {root} does not exist: give an existing folder or URI") from None
         raise
-    paths, sizes, mtimes = frame["path"].tolist(), frame["length"].tolist(), frame["modificationTime"].tolist()
+    paths, sizes, mtimes = frame["path"].tolist(), frame["length"].tolist(), frame["modified"].tolist()
     # Spark's scan drops zero-byte files; the file index still has them, and they must be accounted for.
     index = source._jdf.inputFiles()
     if len(index) != len(paths):
-        empty = sorted({_hadoop_path_string(uri) for uri in index} - set(paths))
-        paths, sizes, mtimes = paths + empty, sizes + [0] * len(empty), mtimes + [pd.NaT] * len(empty)
+        listed = set(paths)
+        empty = {_hadoop_path_string(uri): uri for uri in index if _hadoop_path_string(uri) not in listed}
+        paths, sizes = paths + list(empty), sizes + [0] * len(empty)
+        mtimes = mtimes + [_modified_us(spark, uri) for uri in empty.values()]
     manifest = build_manifest(paths, sizes, mtimes, qualified_root)
     if qualified_root.startswith("file:"):
         manifest = reconcile_local(manifest, qualified_root[len("file:"):])
@@ -88,7 +92,7 @@ def reconcile_local(manifest: pd.DataFrame, root: str) -> pd.DataFrame:
             if not name.startswith((".", "_")) and pattern.match(name) and path not in listed:
                 missing[path] = _unlisted_reason(f"{directory}/{name}")
     if missing:
-        extra = build_manifest(list(missing), [0] * len(missing), [pd.NaT] * len(missing), "file:" + root)
+        extra = build_manifest(list(missing), [0] * len(missing), [None] * len(missing), "file:" + root)
         extra["list_error"] = extra["path"].map(missing)
         kept = pd.concat([kept, extra], ignore_index=True).sort_values("path", ignore_index=True)
     kept.attrs["cycle_paths"] = int(in_cycle.sum())
@@ -127,6 +131,17 @@ def _unlisted_reason(path: str) -> str:
     return "not listed by Spark (unreadable or special file)"
 
 
+def _modified_us(spark, uri: str) -> int | None:
+    """Modification time of one file from its Hadoop file system (None if it vanished meanwhile)."""
+    jvm = spark.sparkContext._jvm
+    path = jvm.org.apache.hadoop.fs.Path(jvm.java.net.URI(uri))
+    try:
+        status = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).getFileStatus(path)
+    except Exception:  # py4j wraps FileNotFoundException; the read stage reports the file
+        return None
+    return int(status.getModificationTime()) * 1000
+
+
 def _hadoop_path_string(uri: str) -> str:
     """file:///a%20b -> file:/a b: the form of binaryFile's `path` column (Hadoop Path.toString)."""
     decoded = unquote(uri)
@@ -147,7 +162,7 @@ def build_manifest(paths: list[str], sizes: list[int], mtimes: list, root: str) 
     labels, splits = zip(*(label_and_split(rel) for rel in rels), strict=True) if rels else ((), ())
     manifest = pd.DataFrame({
         "path": paths, "rel": rels, "label": list(labels), "split": list(splits),
-        "size": pd.Series(sizes, dtype="int64"), "mtime": pd.to_datetime(pd.Series(mtimes)),
+        "size": pd.Series(sizes, dtype="int64"), "modified_us": pd.Series(mtimes, dtype="Int64"),
     }, columns=MANIFEST_COLUMNS)
     return manifest.sort_values("path", ignore_index=True)
 
