@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -207,3 +208,22 @@ def test_a_python_worker_killed_mid_task_is_retried_and_output_identical(cluster
     assert not Path(f"/proc/{victim}").exists()
     assert_same_features(local_run, output)
     assert cluster.alive_workers() == 2  # the executors survived; only the task was retried
+
+
+def test_an_oversized_batch_fails_fast_with_one_line_naming_the_setting(cluster, collection, local_run, tmp_path):
+    """A Python worker under spark.executor.pyspark.memory (RLIMIT_AS) gets a batch that cannot fit."""
+    output = tmp_path / "out"
+    common = ("run", str(collection), "--output", str(output), "--weights", "random", "--k", "5", "--master",
+              cluster.master_url, "--no-progress", "--conf", "spark.executor.pyspark.memory=3g")
+    failed = orchard(*common, "--batch-size", "128", timeout=300)  # 128 images x MobileNetV2: > 3 GiB
+    assert failed.returncode == 2, failed.stderr[-3000:]
+    assert re.fullmatch(
+        r"orchard: error: Python worker out of memory: \d+ images embedded in chunks of --batch-size 128 do not "
+        r"fit in spark\.executor\.pyspark\.memory=3072m: lower --batch-size \(8 is the default\) or raise "
+        r"spark\.executor\.pyspark\.memory \(finished shards are kept: rerun to resume\)",
+        failed.stderr.strip().splitlines()[-1])
+    assert "Traceback" not in failed.stderr
+    assert not (output / "_SUCCESS").exists()
+    rerun = orchard(*common)  # the default --batch-size fits; the same output resumes and completes
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert_same_features(local_run, output)

@@ -15,3 +15,7 @@ class WeightsError(OrchardError):
 
 class AccountingError(OrchardError):
     """Listed images do not equal ok + error rows: the run must not look complete."""
+
+
+class ResourceError(OrchardError):
+    """The run needs more memory (or other resources) than a setting allows; the message names the setting."""

@@ -23,7 +23,7 @@ from orchard import __version__, incremental, output, reduce
 from orchard import spark as sparkglue
 from orchard.cloud import s3
 from orchard.config import RunConfig, effective_k_rule
-from orchard.errors import AccountingError, ConfigError
+from orchard.errors import AccountingError, ConfigError, ResourceError
 from orchard.featurize import weights
 from orchard.featurize.batch import WorkerSettings
 from orchard.io import fs, listing
@@ -346,7 +346,13 @@ def _run_shard(spark, udf, rows: pd.DataFrame, target: str, slots: int, images_p
                                "error": listed["list_error"]})
         parts.append(spark.createDataFrame(errors, f"{ROW_KEYS_SCHEMA}, {RESULT_SCHEMA}"))
     result = parts[0] if len(parts) == 1 else parts[0].unionByName(parts[1])
-    result.write.mode("overwrite").parquet(target)
+    try:
+        result.write.mode("overwrite").parquet(target)
+    except Exception as error:
+        reason = sparkglue.explain_job_failure(error)
+        if reason is None:
+            raise
+        raise ResourceError(f"{reason} (finished shards are kept: rerun to resume)") from None
 
 
 def _shard_stats(shard: int, rows_uri: str, elapsed: float, before: list[float], after: list[float]) -> dict:

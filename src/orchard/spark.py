@@ -98,7 +98,40 @@ def featurize_udf(model_broadcast, model_key: str, settings: WorkerSettings, sec
         session = runtime.worker_session(model_key, lambda: model_broadcast.value, settings.threads)
         for paths in batches:
             seconds = StageSeconds()
-            yield featurize_paths(session, paths.tolist(), settings, seconds)
+            try:
+                frame = featurize_paths(session, paths.tolist(), settings, seconds)
+            except Exception as exc:
+                if runtime.is_out_of_memory(exc):
+                    raise MemoryError(out_of_memory_message(len(paths), settings.chunk)) from exc
+                raise
+            yield frame
             seconds_accumulator.add(seconds.as_list())
 
     return featurize
+
+
+OUT_OF_MEMORY_MARK = "orchard: Python worker out of memory:"
+WORKER_DIED_MARK = "Python worker exited unexpectedly"
+
+
+def out_of_memory_message(images: int, chunk: int) -> str:
+    """What a worker raises when a batch does not fit: the settings involved and their values (one line)."""
+    limit = os.environ.get("PYSPARK_EXECUTOR_MEMORY_MB")
+    where = f"spark.executor.pyspark.memory={limit}m" if limit else "the executor's memory"
+    return (f"{OUT_OF_MEMORY_MARK} {images} images embedded in chunks of --batch-size {chunk} do not fit in "
+            f"{where}: lower --batch-size (8 is the default) or raise spark.executor.pyspark.memory")
+
+
+def explain_job_failure(error: Exception) -> str | None:
+    """A one-line reason for a failed featurising job when it is about memory, else None."""
+    text = str(error)
+    if OUT_OF_MEMORY_MARK in text:
+        return OUT_OF_MEMORY_MARK.split(": ", 1)[1] + text.split(OUT_OF_MEMORY_MARK, 1)[1].split("\n", 1)[0]
+    if runtime.is_out_of_memory_text(text):
+        return ("a Python worker ran out of memory (its limit is spark.executor.pyspark.memory when set): raise "
+                "that setting or the executor's memory, or lower --batch-size")
+    if WORKER_DIED_MARK in text:
+        return ("a Python worker died on every attempt (crashed or killed, e.g. by the out-of-memory killer): "
+                "lower --batch-size or --images-per-task, or give executors more memory "
+                "(spark.executor.memoryOverhead)")
+    return None

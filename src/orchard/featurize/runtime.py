@@ -23,6 +23,7 @@ def make_session(onnx_bytes: bytes, threads: int) -> ort.InferenceSession:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    options.log_severity_level = 4  # failures surface as exceptions, which orchard reports; no duplicate log
     return ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
 
 
@@ -53,3 +54,14 @@ def embed(session: ort.InferenceSession, images: np.ndarray, chunk: int = 8) -> 
         for start in range(0, len(images), chunk)
     ]
     return np.concatenate(parts).astype(np.float32, copy=False)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """True for the ways an allocation failure surfaces here: MemoryError, ONNX Runtime's arena, the loader."""
+    return isinstance(error, MemoryError) or is_out_of_memory_text(str(error))
+
+
+def is_out_of_memory_text(text: str) -> bool:
+    """True when an error message says an allocation or a memory mapping failed."""
+    return any(sign in text for sign in ("MemoryError", "Failed to allocate memory", "bad_alloc",
+                                         "Cannot allocate memory", "failed to map segment"))
