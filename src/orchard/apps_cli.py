@@ -1,0 +1,153 @@
+"""CLI for what is built on a finished run: `train`, `predict`, `similar`, `serve` (thin over the API).
+
+`cli.py` calls `add_app_commands` while building its parser and merges `APP_COMMANDS` into its table.
+Only `train` starts Spark; the other three load `classifier/predictor/` with NumPy and ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+MODEL_HELP = ("a run output or versioned store with a trained classifier (or its classifier/ or "
+              "classifier/predictor/ folder)")
+
+
+def add_app_commands(commands) -> None:
+    """Add the train, predict, similar and serve subcommands to `orchard`'s subparsers."""
+    from orchard.predict import ALGORITHMS, FEATURE_SPACES
+
+    train = commands.add_parser(
+        "train", help="fit and evaluate a classifier on a finished run (Spark MLlib)",
+        description="Fit a multinomial logistic regression on the Training split's PCA (or raw) features, "
+                    "evaluate it on the Test split, and write OUTPUT/classifier/: model/ (a PipelineModel from "
+                    "the raw features column), confusion/, metrics.json and predictor/ (for predict, similar "
+                    "and serve, without Spark). Adds the metrics to run.json.")
+    train.add_argument("output", help="folder or URI of a finished orchard output (a store: its latest version)")
+    train.add_argument("--features", choices=FEATURE_SPACES, default="pca",
+                       help="train on the run's PCA vectors (default) or the raw 1280-D features")
+    train.add_argument("--algorithm", choices=ALGORITHMS, default="logistic",
+                       help="classifier (default: logistic, multinomial logistic regression)")
+    train.add_argument("--reg-param", type=float, default=0.01, help="L2 regularisation strength (default 0.01)")
+    train.add_argument("--max-iter", type=int, default=100, help="optimiser iterations at most (default 100)")
+    train.add_argument("--train-split", default="Training", help="split to fit on (default: Training)")
+    train.add_argument("--test-split", default="Test", help="split to evaluate on (default: Test)")
+    train.add_argument("--master", help="Spark master URL (default: local[*])")
+    train.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
+                       help="extra Spark configuration, repeatable")
+    _add_storage_options(train)
+
+    predict = commands.add_parser(
+        "predict", help="classify photos with a trained classifier (no Spark)",
+        description="Print the most likely classes of each photo, one line per photo. Exit 1 if a photo "
+                    "could not be read or decoded (the others are still classified).")
+    predict.add_argument("model", help=MODEL_HELP)
+    predict.add_argument("images", nargs="+", help="image files or URIs")
+    predict.add_argument("--top-k", type=int, default=3, help="classes per photo (default 3)")
+    predict.add_argument("--json", action="store_true", help="print one JSON document instead of text lines")
+    _add_storage_options(predict)
+
+    similar = commands.add_parser(
+        "similar", help="find the collection images most similar to a photo (PCA space, no Spark)",
+        description="Print the k images of the run's collection nearest to IMAGE (Euclidean distance between "
+                    "PCA vectors, exact search), nearest first: rank, distance, label, path.")
+    similar.add_argument("model", help=MODEL_HELP)
+    similar.add_argument("image", help="image file or URI")
+    similar.add_argument("-k", type=int, default=5, help="how many neighbours (default 5)")
+    _add_storage_options(similar)
+
+    serve = commands.add_parser(
+        "serve", help="serve the classifier over HTTP (FastAPI + uvicorn, no Spark)",
+        description="HTTP API: POST /predict (multipart image upload `file`, optional ?top_k=), GET /health, "
+                    "GET /classes, OpenAPI docs at /docs. Bad uploads get 413/415/422 with a JSON message.")
+    serve.add_argument("model", help=MODEL_HELP)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload (default 10 MB)")
+    serve.add_argument("--threads", type=int, help="ONNX Runtime threads (default: CPU count, at most 4)")
+    _add_storage_options(serve)
+
+
+def _add_storage_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--s3-endpoint", help="S3 endpoint URL for S3-compatible stores")
+    parser.add_argument("--s3-region", help="S3 region")
+
+
+def _load(args: argparse.Namespace, threads: int | None = None):
+    from orchard.cli import storage_from_args
+    from orchard.io import fs
+    from orchard.predict import Predictor
+
+    fs.set_default_storage(storage_from_args(args))
+    predictor = Predictor.load(args.model, threads)
+    if not predictor.manifest["model"]["meaningful"]:
+        print(f"WARNING: {predictor.manifest['model']['description']}", file=sys.stderr)
+    return predictor
+
+
+def _train(args: argparse.Namespace) -> int:
+    from orchard.classify import train
+    from orchard.cli import storage_from_args
+    from orchard.config import SparkOptions, parse_conf_pairs
+
+    result = train(args.output, features=args.features, algorithm=args.algorithm, train_split=args.train_split,
+                   test_split=args.test_split, reg_param=args.reg_param, max_iter=args.max_iter,
+                   spark_options=SparkOptions(master=args.master, conf=parse_conf_pairs(args.conf)),
+                   storage=storage_from_args(args))
+    print(result.summary())
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from orchard.errors import ConfigError
+    from orchard.preprocess import ImageError
+
+    if args.top_k < 1:
+        raise ConfigError(f"--top-k must be at least 1, got {args.top_k}")
+    predictor = _load(args)
+    results, failed = {}, 0
+    for image in args.images:
+        try:
+            results[image] = predictor.predict([image], args.top_k)[0]
+        except ImageError as error:
+            failed += 1
+            results[image] = None
+            print(f"{image}: error ({error.stage}): {error.reason}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({image: None if best is None else [{"label": name, "probability": p} for name, p in best]
+                          for image, best in results.items()}, indent=2))
+    else:
+        for image, best in results.items():
+            if best is not None:
+                print(f"{image}: " + ", ".join(f"{name} {p:.3f}" for name, p in best))
+    return 1 if failed else 0
+
+
+def _similar(args: argparse.Namespace) -> int:
+    from orchard.errors import ConfigError
+    from orchard.preprocess import ImageError
+
+    if args.k < 1:
+        raise ConfigError(f"-k must be at least 1, got {args.k}")
+    predictor = _load(args)
+    try:
+        neighbours = predictor.similar(args.image, args.k)
+    except ImageError as error:
+        raise ConfigError(f"{args.image}: {error.reason}") from None
+    for rank, neighbour in enumerate(neighbours, start=1):
+        print(f"{rank}\t{neighbour.distance:.4f}\t{neighbour.label}\t{neighbour.path}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from orchard.serve import serve
+
+    predictor = _load(args, args.threads)
+    print(f"orchard: serving {len(predictor.classes)} classes from {predictor.folder} on "
+          f"http://{args.host}:{args.port} (docs at /docs)", file=sys.stderr, flush=True)
+    serve(predictor, args.host, args.port, int(args.max_upload_mb * 2**20))
+    return 0
+
+
+APP_COMMANDS = {"train": _train, "predict": _predict, "similar": _similar, "serve": _serve}
