@@ -22,6 +22,8 @@ EXCLUDED = {"pyspark"}  # provided by the cluster's Spark
 
 @dataclass(frozen=True)
 class Package:
+    """What `build` made: the environment archive, orchard's wheel and the requirements installed."""
+
     archive: Path
     wheel: Path
     requirements: list[str]
@@ -49,6 +51,12 @@ def runtime_requirements() -> list[str]:
     return requirements
 
 
+def build_wheel(directory: Path, python: str = sys.executable) -> Path:
+    """Build orchard's own wheel (no dependencies) from the source checkout into `directory`."""
+    _run([python, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(directory), str(project_root())])
+    return next(Path(directory).glob("orchard-*.whl"))
+
+
 def build(output: Path, python: str = sys.executable) -> Package:
     """Build `output` (a .tar.gz environment archive); returns what went into it."""
     output = output.resolve()
@@ -56,8 +64,7 @@ def build(output: Path, python: str = sys.executable) -> Package:
     requirements = runtime_requirements()
     with tempfile.TemporaryDirectory(prefix="orchard-package-") as work:
         work_dir = Path(work)
-        _run([python, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(work_dir / "wheel"), str(project_root())])
-        wheel = next((work_dir / "wheel").glob("orchard-*.whl"))
+        wheel = build_wheel(work_dir / "wheel", python)
         env = work_dir / "env"
         _run([python, "-m", "venv", str(env)])
         pip = [str(env / "bin" / "python"), "-m", "pip", "install", "-q"]

@@ -20,10 +20,12 @@ EMR_MARKER = Path("/mnt/var/lib/info/job-flow.json")
 
 
 def uses_s3(*uris: str) -> bool:
+    """True if any of the URIs is on S3 (s3, s3a or s3n)."""
     return any(urlparse(uri).scheme.lower() in S3_SCHEMES for uri in uris)
 
 
 def on_emr() -> bool:
+    """True on an EMR node, where EMRFS serves s3:// and orchard must not reconfigure it."""
     return EMR_MARKER.exists()
 
 
