@@ -6,6 +6,8 @@ import argparse
 import sys
 
 from orchard import __version__
+from orchard.apps_cli import APP_COMMANDS, add_app_commands
+from orchard.cloud.emr_cli import add_emr_parser, run_emr
 from orchard.config import RunConfig, SparkOptions, parse_conf_pairs
 from orchard.errors import OrchardError
 from orchard.io.fs import StorageOptions
@@ -72,6 +74,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `orchard` argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="orchard", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"orchard {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -125,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sample_options(demo)
     add_run_options(demo)
     _add_report_parser(commands)
+    add_app_commands(commands)
+    add_emr_parser(commands)
     return parser
 
 
@@ -143,6 +148,7 @@ def storage_from_args(args: argparse.Namespace) -> StorageOptions:
 
 
 def config_from_args(args: argparse.Namespace, input_uri: str, **overrides) -> RunConfig:
+    """The validated RunConfig for `run`/`demo` arguments (`overrides` replace single fields)."""
     spark = SparkOptions(master=args.master, conf=parse_conf_pairs(args.conf))
     storage = storage_from_args(args)
     values = dict(
@@ -159,6 +165,7 @@ def config_from_args(args: argparse.Namespace, input_uri: str, **overrides) -> R
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point: run one subcommand; user mistakes print one line and return 2."""
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
@@ -242,6 +249,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _add_report_parser(commands: argparse._SubParsersAction) -> None:
+    """`orchard report OUTPUT [--out PATH]` (the work is in orchard.report)."""
     report = commands.add_parser(
         "report", help="write an HTML report (and PNG figures) of a finished run",
         description="Write a self-contained HTML page about OUTPUT without Spark: images per class and split, "
@@ -263,7 +271,8 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "sample": _sample, "demo": _demo, "package": _package, "verify": _verify, "report": _report}
+COMMANDS = {"run": _run, "sample": _sample, "demo": _demo, "package": _package, "verify": _verify, "report": _report,
+            **APP_COMMANDS, "emr": run_emr}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -18,7 +18,7 @@ PRECISIONS = ("fp32", "int8")
 class SparkOptions:
     """Where and how Spark runs; nothing here changes the results."""
 
-    master: str | None = None  # None: honour spark-submit / SPARK_MASTER, else local[*]
+    master: str | None = None  # None: spark-submit's --master, else spark-defaults.conf, else $MASTER, else local[*]
     conf: dict[str, str] = field(default_factory=dict)
     app_name: str = "orchard"
 
@@ -64,6 +64,7 @@ class RunConfig:
 
     @property
     def random_weights(self) -> bool:
+        """True when the run uses seeded random weights (features not meaningful)."""
         return self.weights == "random"
 
     def fingerprint(self) -> str:
@@ -77,6 +78,7 @@ class RunConfig:
         return _digest({key: getattr(self, key) for key in keys})
 
     def to_dict(self) -> dict:
+        """Every field as plain JSON-friendly values (run.json's `config`)."""
         return dataclasses.asdict(self)
 
 

@@ -29,11 +29,13 @@ class Changes:
     table: pd.DataFrame  # path, label, split, change: one row per added, changed or removed path
 
     def counts(self) -> dict[str, int]:
+        """Paths added, changed, removed and unchanged."""
         counts = self.table["change"].value_counts()
         return {**{kind: int(counts.get(kind, 0)) for kind in CHANGE_KINDS}, "unchanged": len(self.carried)}
 
     @property
     def empty(self) -> bool:
+        """True when nothing was added, changed or removed."""
         return self.table.empty
 
 

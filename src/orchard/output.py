@@ -35,39 +35,49 @@ class Layout:
 
     @property
     def work(self) -> str:
+        """Scratch space of an unfinished run (manifest, shard rows, stats); removed at commit."""
         return fs.join(self.root, "_work")
 
     @property
     def rows(self) -> str:
+        """Featurised rows of every finished shard."""
         return fs.join(self.work, "rows")
 
     @property
     def stats(self) -> str:
+        """Per-shard stats files, each written after its shard's rows (the resume markers)."""
         return fs.join(self.work, "stats")
 
     def shard_rows(self, shard: int) -> str:
+        """Rows of one shard."""
         return fs.join(self.rows, f"shard={shard:05d}")
 
     def shard_stats(self, shard: int) -> str:
+        """Stats file of one shard."""
         return fs.join(self.stats, f"shard-{shard:05d}.json")
 
     @property
     def run_json(self) -> str:
+        """The run's account: config, model, counts, timings, PCA, part checksums."""
         return fs.join(self.root, "run.json")
 
     @property
     def success(self) -> str:
+        """The commit marker: written last, so a folder without it is incomplete."""
         return fs.join(self.root, "_SUCCESS")
 
     def csv(self, dataset: str) -> str:
+        """Where --csv writes the CSV copy of a dataset."""
         return fs.join(self.root, "csv", dataset)
 
 
 def version_name(number: int) -> str:
+    """Folder name of a store's version: v=0001, v=0002, ..."""
     return f"v={number:04d}"
 
 
 def latest_uri(store: str) -> str:
+    """The store's pointer file naming its newest committed version."""
     return fs.join(store, "_LATEST")
 
 

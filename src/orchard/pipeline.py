@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 import pyarrow as pa
 
-from orchard import __version__, incremental, output, reduce
+from orchard import __version__, classdata, incremental, output, reduce
 from orchard import spark as sparkglue
 from orchard.cloud import s3
 from orchard.config import RunConfig, effective_k_rule
@@ -47,9 +47,11 @@ class RunResult:
 
     @property
     def counts(self) -> dict:
+        """Listed, ok and error counts (run.json's "counts")."""
         return self.info["counts"]
 
     def summary(self) -> str:
+        """A few lines for the terminal: counts, speed, PCA, warnings, where the output is."""
         counts, timings, pca = self.info["counts"], self.info["timings"], self.info["pca"]
         lines = [
             f"images {counts['listed']}  classes {counts['classes']}  ok {counts['ok']}  "
@@ -83,6 +85,7 @@ class Timings(dict):
 
     @contextmanager
     def stage(self, name: str):
+        """Add the wall time of the `with` block to stage `name`."""
         started = time.perf_counter()
         try:
             yield
@@ -296,6 +299,7 @@ def quantized(source: weights.ModelSource, manifest: pd.DataFrame, config: RunCo
 
 
 def shard_count(images: int, shard_size: int) -> int:
+    """How many shards `images` images make."""
     return math.ceil(images / shard_size)
 
 
@@ -492,7 +496,9 @@ def run_info(config, spark, source, manifest, found, shard_stats, written, pca_s
         "versions": {"python": platform.python_version(), "pyspark": pyspark.__version__,
                      "onnxruntime": onnxruntime.__version__, "numpy": numpy.__version__},
         "spark": {"master": spark.sparkContext.master, "task_slots": sparkglue.task_slots(spark),
-                  "task_cpus": sparkglue.task_cpus(spark), **sparkglue.linear_algebra(spark)},
+                  "task_cpus": sparkglue.task_cpus(spark), **sparkglue.linear_algebra(spark),
+                  "jvm_class_data": classdata.state(spark.sparkContext.getConf().get("spark.driver.extraJavaOptions",
+                                                                                      ""))},
         "model": {"architecture": "MobileNetV2 1.0/224, top removed, global average pooling",
                   "feature_dim": 1280, "runtime": "onnxruntime", "weights": source.kind,
                   "precision": source.precision, "quantization": source.quantization,

@@ -19,6 +19,7 @@ class Progress:
         self._printed = -1
 
     def update(self, done: int, force: bool = False) -> None:
+        """Report `done` images; printed only if the interval has passed (or `force`)."""
         if not self.enabled:
             return
         now = time.monotonic()
@@ -30,6 +31,7 @@ class Progress:
         self.stream.flush()
 
     def line(self, done: int, now: float) -> str:
+        """The progress text for `done` images at monotonic time `now`: count, percent, rate, ETA."""
         elapsed = max(now - self.started, 1e-9)
         rate = (done - self.baseline) / elapsed
         left = self.total - done
@@ -38,6 +40,7 @@ class Progress:
         return f"featurising {done}/{self.total} images ({percent:5.1f}%)  {rate:7.1f} img/s  ETA {eta}"
 
     def close(self, done: int) -> None:
+        """Print the final count (once) and end the terminal line."""
         if self.enabled and done != self._printed:
             self.update(done, force=True)
         if self.enabled and self._tty:

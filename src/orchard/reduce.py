@@ -28,10 +28,12 @@ class PcaSummary:
 
     @property
     def cumulative(self) -> list[float]:
+        """Cumulative explained variance ratio, per component."""
         return np.cumsum(self.explained).tolist()
 
     @property
     def kept_share(self) -> float:
+        """Share of the variance the k kept components explain."""
         return float(sum(self.explained[: self.k]))
 
     @classmethod
@@ -41,6 +43,7 @@ class PcaSummary:
                    values["standardized"])
 
     def to_dict(self) -> dict:
+        """The summary as run.json's `pca` entry (read back by `from_dict`)."""
         return {"k": self.k, "rule": self.rule, "target": self.target, "standardized": self.standardized,
                 "kept_variance": self.kept_share, "explained_variance": self.explained,
                 "cumulative_variance": self.cumulative}
@@ -118,6 +121,7 @@ def transform(model, features):
 
 
 def with_vector(features):
+    """The rows with a `vector` column (MLlib vector) made from the `features` array, as the model expects."""
     from pyspark.ml.functions import array_to_vector
 
     return features.withColumn("vector", array_to_vector("features"))

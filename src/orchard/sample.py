@@ -26,6 +26,8 @@ FRUITS = (
 
 @dataclass(frozen=True)
 class SampleSpec:
+    """How big the generated collection is: classes, images per class and split, image size, JPEG quality, seed."""
+
     classes: int = 6
     train_per_class: int = 30
     test_per_class: int = 10

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from orchard import classdata
 from orchard.config import SparkOptions
 from orchard.featurize import runtime
 from orchard.featurize.batch import StageSeconds, WorkerSettings, featurize_paths
+from orchard.featurize.weights import orchard_cache_dir
 
 RESULT_SCHEMA = (
     "features array<float>, width int, height int, bytes bigint, sha256 string, stage string, error string"
@@ -47,14 +49,24 @@ def get_session(options: SparkOptions | None = None, defaults: dict[str, str] | 
     options = options or SparkOptions()
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.appName(options.app_name)
-    if options.master:  # else spark-submit decides: its --master, $MASTER, or local[*]
+    if options.master:  # else spark-submit decides: its --master, spark-defaults.conf, $MASTER, or local[*]
         builder = builder.master(options.master)
-    quiet = {"spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={LOG_CONFIG}"}
+    class_data = classdata.plan(orchard_cache_dir(), spark_home())
+    quiet = {"spark.driver.extraJavaOptions": " ".join([f"-Dlog4j2.configurationFile={LOG_CONFIG}",
+                                                        *class_data.options])}
     for key, value in {**SESSION_DEFAULTS, **quiet, **(defaults or {}), **options.conf}.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
+    class_data.started(spark)
     spark.sparkContext.setLogLevel(os.environ.get("ORCHARD_SPARK_LOG_LEVEL", "ERROR"))
     return spark
+
+
+def spark_home() -> Path:
+    """The Spark distribution the driver JVM runs (SPARK_HOME, else the pyspark package's own jars)."""
+    import pyspark
+
+    return Path(os.environ.get("SPARK_HOME") or Path(pyspark.__file__).parent)
 
 
 def task_cpus(spark) -> int:
@@ -78,9 +90,11 @@ class StageSecondsParam:
     """AccumulatorParam for [read, preprocess, inference] seconds summed over workers."""
 
     def zero(self, value):
+        """The starting value: no seconds in any stage."""
         return [0.0, 0.0, 0.0]
 
     def addInPlace(self, a, b):
+        """Sum two [read, preprocess, inference] lists (a task's update into the total)."""
         return [x + y for x, y in zip(a, b, strict=True)]
 
 

@@ -20,11 +20,14 @@ CHECKSUMMED = ("features", "pca", "metadata", "errors", "variance")
 
 @dataclass(frozen=True)
 class Finding:
+    """One check's outcome."""
+
     check: str
     ok: bool
     detail: str
 
     def line(self) -> str:
+        """The finding as printed by `orchard verify`."""
         return f"{'ok  ' if self.ok else 'FAIL'} {self.check}: {self.detail}"
 
 

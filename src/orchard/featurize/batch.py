@@ -37,6 +37,7 @@ class StageSeconds:
     inference: float = 0.0
 
     def as_list(self) -> list[float]:
+        """[read, preprocess, inference]: the order of the driver's stage-seconds accumulator."""
         return [self.read, self.preprocess, self.inference]
 
 

@@ -39,6 +39,7 @@ class Block:
 
     @property
     def prefix(self) -> str:
+        """The Keras layer-name prefix of this block's weights (`expanded_conv_`, `block_N_`)."""
         return "expanded_conv_" if self.block_id == 0 else f"block_{self.block_id}_"
 
 
@@ -92,10 +93,12 @@ def layer_specs() -> list[ConvSpec | str]:
 
 
 def conv_specs() -> list[ConvSpec]:
+    """The convolutions of `layer_specs()`, in graph order (without the residual additions)."""
     return [spec for spec in layer_specs() if isinstance(spec, ConvSpec)]
 
 
 def kernel_key(spec: ConvSpec) -> str:
+    """The Keras weight name holding the layer's kernel: `depthwise_kernel` or `kernel`."""
     return "depthwise_kernel" if spec.depthwise else "kernel"
 
 

@@ -31,6 +31,7 @@ class QuantizationReport:
     cosine_min: float
 
     def to_dict(self) -> dict:
+        """The report as run.json's `model.quantization` entry."""
         return {"mode": "int8", "calibration_images": self.calibration_images,
                 "validation_images": self.validation_images, "cosine_median": self.cosine_median,
                 "cosine_min": self.cosine_min}

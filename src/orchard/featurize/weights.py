@@ -39,10 +39,12 @@ class ModelSource:
 
     @property
     def onnx_sha256(self) -> str:
+        """sha256 of the ONNX bytes: identifies the exact model in run.json and in workers' session cache."""
         return hashlib.sha256(self.onnx_bytes).hexdigest()
 
     @property
     def meaningful(self) -> bool:
+        """False for random weights, whose features say nothing about the images."""
         return self.kind != "random"
 
 
@@ -52,6 +54,7 @@ def keras_cache_dir() -> Path:
 
 
 def orchard_cache_dir() -> Path:
+    """orchard's cache folder for built ONNX models (`ORCHARD_CACHE`, default ~/.cache/orchard)."""
     return Path(os.environ.get("ORCHARD_CACHE", Path.home() / ".cache" / "orchard"))
 
 
@@ -101,6 +104,7 @@ def _download(url: str, target: Path) -> None:
 
 
 def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while chunk := handle.read(1 << 20):

@@ -33,6 +33,7 @@ class StorageOptions:
 
     @classmethod
     def from_env(cls) -> StorageOptions:
+        """Endpoint from AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL, region from AWS_REGION or AWS_DEFAULT_REGION."""
         return cls(os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"),
                    os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"))
 
@@ -80,15 +81,18 @@ def _s3(endpoint: str | None, region: str | None) -> pafs.S3FileSystem:
 
 
 def join(base: str, *parts: str) -> str:
+    """Join URI parts with '/' (keeps the scheme: `join("s3://b/out", "pca")` is `s3://b/out/pca`)."""
     return posixpath.join(base.rstrip("/"), *parts)
 
 
 def is_local(uri: str) -> bool:
+    """True for local paths and file: URIs."""
     scheme = urlparse(uri).scheme.lower()
     return scheme in ("", "file") or len(scheme) == 1
 
 
 def read_bytes(uri: str, storage: StorageOptions | None = None) -> bytes:
+    """The whole content of a file."""
     filesystem, path = resolve(uri, storage)
     with filesystem.open_input_stream(path) as stream:
         return stream.readall()
@@ -110,10 +114,12 @@ def write_bytes(uri: str, data: bytes, storage: StorageOptions | None = None) ->
 
 
 def write_json(uri: str, payload: dict, storage: StorageOptions | None = None) -> None:
+    """Write `payload` as indented, key-sorted JSON, whole (see `write_bytes`)."""
     write_bytes(uri, (json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n").encode(), storage)
 
 
 def read_json(uri: str, storage: StorageOptions | None = None) -> dict:
+    """A JSON file's content."""
     return json.loads(read_bytes(uri, storage))
 
 
@@ -131,6 +137,7 @@ def read_columns(uri: str, columns: list[str] | None = None, storage: StorageOpt
 
 
 def exists(uri: str, storage: StorageOptions | None = None) -> bool:
+    """True if a file or folder is there."""
     filesystem, path = resolve(uri, storage)
     return filesystem.get_file_info(path).type != pafs.FileType.NotFound
 
@@ -145,6 +152,7 @@ def list_files(uri: str, storage: StorageOptions | None = None) -> list[str]:
 
 
 def is_nonempty_dir(uri: str, storage: StorageOptions | None = None) -> bool:
+    """True for a folder with at least one entry."""
     filesystem, path = resolve(uri, storage)
     if filesystem.get_file_info(path).type != pafs.FileType.Directory:
         return False
@@ -152,6 +160,7 @@ def is_nonempty_dir(uri: str, storage: StorageOptions | None = None) -> bool:
 
 
 def remove_tree(uri: str, storage: StorageOptions | None = None) -> None:
+    """Delete a folder with everything under it, or a file; nothing there is fine."""
     filesystem, path = resolve(uri, storage)
     info = filesystem.get_file_info(path)
     if info.type == pafs.FileType.Directory:

@@ -168,6 +168,7 @@ def build_manifest(paths: list[str], sizes: list[int], mtimes: list, root: str) 
 
 
 def relative(path: str, root: str) -> str:
+    """`path` relative to `root` (its base name if it is not under `root`)."""
     prefix = root.rstrip("/") + "/"
     return path[len(prefix):] if path.startswith(prefix) else path.rsplit("/", 1)[-1]
 
