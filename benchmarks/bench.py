@@ -81,9 +81,9 @@ class MemorySampler:
             self.peaks["total_mb"] = max(self.peaks["total_mb"], total)
 
 
-def run_measured(command: list[str]) -> tuple[str, float, dict]:
+def run_measured(command: list[str], env_extra: dict[str, str] | None = None) -> tuple[str, float, dict]:
     """Run a command in a fresh process; returns (stdout, wall seconds, peak memory)."""
-    env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, **(env_extra or {})}
     started = time.perf_counter()
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     with MemorySampler(process.pid) as sampler:
@@ -94,11 +94,11 @@ def run_measured(command: list[str]) -> tuple[str, float, dict]:
     return stdout, wall, sampler.peaks
 
 
-def run_orchard(data: Path, output: Path, extra: list[str]) -> dict:
+def run_orchard(data: Path, output: Path, extra: list[str], env_extra: dict[str, str] | None = None) -> dict:
     """One `orchard run` in a subprocess; returns run.json plus wall time and peak memory."""
     shutil.rmtree(output, ignore_errors=True)
     stdout, wall, memory = run_measured([sys.executable, "-m", "orchard.cli", "run", str(data), "--output",
-                                         str(output), "--no-progress", *extra])
+                                         str(output), "--no-progress", *extra], env_extra)
     info = json.loads((output / "run.json").read_text())
     size_mb = sum(f.stat().st_size for f in output.rglob("*") if f.is_file()) / 2**20
     return {"info": info, "wall_s": wall, "memory": memory, "output_mb": size_mb, "stdout": stdout}
@@ -173,6 +173,26 @@ def machine() -> dict:
             "pyspark": pyspark.__version__, "onnxruntime": onnxruntime.__version__}
 
 
+def record_class_data(data: Path, work: Path, extra: list[str]) -> None:
+    """A first, unmeasured run that records the driver JVM's class-data archive (orchard/classdata.py), as
+    any earlier orchard run on the machine would have; waits until that JVM has written it at exit."""
+    from orchard import classdata
+    from orchard.featurize.weights import orchard_cache_dir
+    from orchard.spark import spark_home
+
+    def mapped() -> bool:
+        return classdata.state(" ".join(classdata.plan(orchard_cache_dir(), spark_home()).options)) == "mapped"
+
+    if os.environ.get(classdata.DISABLE_ENV) == "0" or mapped():
+        return
+    run_orchard(data, work / "record-class-data", [*extra, "--limit", "100"])
+    deadline = time.monotonic() + 120
+    while not mapped():  # the JVM writes the archive as it exits, after the run's process has ended
+        if time.monotonic() > deadline:
+            raise SystemExit("the driver JVM did not write its class-data archive within 120 s")
+        time.sleep(1)
+
+
 def row(size: int, result: dict, ceiling: float) -> dict:
     info, timings = result["info"], result["info"]["timings"]
     total = timings["total"]
@@ -185,6 +205,7 @@ def row(size: int, result: dict, ceiling: float) -> dict:
         "worker_s": {k: round(v, 2) for k, v in timings["worker_seconds"].items()},
         "peak_memory_mb": {k: round(v) for k, v in result["memory"].items()},
         "output_mb": round(result["output_mb"], 1), "pca_k": info["pca"]["k"],
+        "jvm_class_data": info["spark"].get("jvm_class_data", "off"),
     }
 
 
@@ -207,6 +228,12 @@ def markdown(report: dict) -> str:
             f"{100 * r['share_of_ort_alone']:.0f}% | {s['listing']} | {s['featurize']} ({w['read']} / "
             f"{w['preprocess']} / {w['inference']}) | {s['write']} | {s['pca']} | {mem['driver_mb']} / "
             f"{mem['jvm_mb']} / {mem['python_worker_mb']} / {mem['total_mb']} | {r['output_mb']} |")
+    if report.get("class_data_off"):
+        off = report["class_data_off"]
+        lines += ["", f"Runs above load Spark's classes from the driver JVM's class-data archive (recorded by an "
+                      f"earlier run on the machine). Without it (`ORCHARD_JVM_CDS=0`, a machine's first run) the "
+                      f"{off['images']}-image run takes {off['seconds']} s ({off['images_per_s']} images/s; listing "
+                      f"{off['stages_s']['listing']} s, PCA {off['stages_s']['pca']} s)."]
     if report["int8"]:
         q = report["int8"]
         lines += ["", f"int8 (static QDQ) on the same {q['images']} images: {q['images_per_s']} images/s end to end, "
@@ -236,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="also run these TensorFlow baselines on the smallest size (needs the [test] extra)")
     parser.add_argument("--int8", action="store_true",
                         help="also run --precision int8 on the smallest size and compare it with fp32")
+    parser.add_argument("--class-data-off", action="store_true",
+                        help="also run the smallest size without the driver JVM's class-data archive "
+                             "(ORCHARD_JVM_CDS=0: what a machine's very first run costs)")
     parser.add_argument("--ceiling-seconds", type=float, default=5.0,
                         help="how long to time ONNX Runtime alone (the inference ceiling)")
     parser.add_argument("--render", metavar="RESULTS_JSON",
@@ -251,13 +281,21 @@ def main(argv: list[str] | None = None) -> int:
 
     ceiling = measure_ceiling(args.weights, args.ceiling_seconds)["ort_alone_2_threads_images_per_s"]
     report = {"date": datetime.date.today().isoformat(), "machine": machine(), "weights": args.weights,
-              "ceiling": ceiling, "extra_options": extra, "runs": [], "baselines": [], "int8": None}
+              "ceiling": ceiling, "extra_options": extra, "runs": [], "baselines": [], "int8": None,
+              "class_data_off": None}
+    record_class_data(dataset(min(args.sizes), Path(args.data)), Path(args.work), extra)
     for size in args.sizes:
         data = dataset(size, Path(args.data))
         result = run_orchard(data, Path(args.work) / f"fruits-{size}", extra)
         report["runs"].append(row(size, result, ceiling))
         print(json.dumps(report["runs"][-1]), flush=True)
     smallest = min(report["runs"], key=lambda r: r["images"])
+    if args.class_data_off:
+        size = smallest["images"]
+        off = run_orchard(dataset(size, Path(args.data)), Path(args.work) / f"fruits-{size}-no-class-data", extra,
+                          {"ORCHARD_JVM_CDS": "0"})
+        report["class_data_off"] = row(size, off, ceiling)
+        print(json.dumps(report["class_data_off"]), flush=True)
     if args.int8:
         size, work = smallest["images"], Path(args.work)
         int8 = run_orchard(dataset(size, Path(args.data)), work / f"fruits-{size}-int8",

@@ -640,9 +640,9 @@ def test_driver_fetches_weights_from_s3(aws, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     put(f"s3://{BUCKET}/models/{KERAS_FILE}", b"imagenet weights bytes", aws.storage)
     put(f"s3://{BUCKET}/models/mine.h5", b"my weights", aws.storage)
-    assert emr_driver.fetch_weights(f"s3://{BUCKET}/models/{KERAS_FILE}") == "imagenet"
+    assert emr_driver.fetch_weights(f"s3://{BUCKET}/models/{KERAS_FILE}", aws.storage) == "imagenet"
     assert (tmp_path / "keras" / "models" / KERAS_FILE).read_bytes() == b"imagenet weights bytes"
-    mine = emr_driver.fetch_weights(f"s3://{BUCKET}/models/mine.h5")
+    mine = emr_driver.fetch_weights(f"s3://{BUCKET}/models/mine.h5", aws.storage)
     assert mine.endswith("/mine.h5") and Path(mine).read_bytes() == b"my weights"
     assert emr_driver.main(["--weights-from", f"s3://{BUCKET}/models/absent.h5", "run", "x", "--output", "y"]) == 2
     assert "cannot copy the weights file s3://orchard-test-eu/models/absent.h5" in capsys.readouterr().err

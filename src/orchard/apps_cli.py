@@ -10,6 +10,8 @@ import argparse
 import json
 import sys
 
+from orchard.cliargs import add_storage_options, storage_from_args
+
 MODEL_HELP = ("a run output or versioned store with a trained classifier (or its classifier/ or "
               "classifier/predictor/ folder)")
 
@@ -36,7 +38,7 @@ def add_app_commands(commands) -> None:
     train.add_argument("--master", help="Spark master URL (default: local[*])")
     train.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
                        help="extra Spark configuration, repeatable")
-    _add_storage_options(train)
+    add_storage_options(train)
 
     predict = commands.add_parser(
         "predict", help="classify photos with a trained classifier (no Spark)",
@@ -46,7 +48,7 @@ def add_app_commands(commands) -> None:
     predict.add_argument("images", nargs="+", help="image files or URIs")
     predict.add_argument("--top-k", type=int, default=3, help="classes per photo (default 3)")
     predict.add_argument("--json", action="store_true", help="print one JSON document instead of text lines")
-    _add_storage_options(predict)
+    add_storage_options(predict)
 
     similar = commands.add_parser(
         "similar", help="find the collection images most similar to a photo (PCA space, no Spark)",
@@ -55,7 +57,7 @@ def add_app_commands(commands) -> None:
     similar.add_argument("model", help=MODEL_HELP)
     similar.add_argument("image", help="image file or URI")
     similar.add_argument("-k", type=int, default=5, help="how many neighbours (default 5)")
-    _add_storage_options(similar)
+    add_storage_options(similar)
 
     serve = commands.add_parser(
         "serve", help="serve the classifier over HTTP (FastAPI + uvicorn, no Spark)",
@@ -66,16 +68,10 @@ def add_app_commands(commands) -> None:
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload (default 10 MB)")
     serve.add_argument("--threads", type=int, help="ONNX Runtime threads (default: CPU count, at most 4)")
-    _add_storage_options(serve)
-
-
-def _add_storage_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--s3-endpoint", help="S3 endpoint URL for S3-compatible stores")
-    parser.add_argument("--s3-region", help="S3 region")
+    add_storage_options(serve)
 
 
 def _load(args: argparse.Namespace, threads: int | None = None):
-    from orchard.cli import storage_from_args
     from orchard.io import fs
     from orchard.predict import Predictor
 
@@ -88,7 +84,6 @@ def _load(args: argparse.Namespace, threads: int | None = None):
 
 def _train(args: argparse.Namespace) -> int:
     from orchard.classify import train
-    from orchard.cli import storage_from_args
     from orchard.config import SparkOptions, parse_conf_pairs
 
     result = train(args.output, features=args.features, algorithm=args.algorithm, train_split=args.train_split,

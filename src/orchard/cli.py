@@ -7,10 +7,10 @@ import sys
 
 from orchard import __version__
 from orchard.apps_cli import APP_COMMANDS, add_app_commands
+from orchard.cliargs import add_storage_options, storage_from_args
 from orchard.cloud.emr_cli import add_emr_parser, run_emr
 from orchard.config import RunConfig, SparkOptions, parse_conf_pairs
 from orchard.errors import OrchardError
-from orchard.io.fs import StorageOptions
 
 
 def _split_list(value: str) -> tuple[str, ...]:
@@ -55,10 +55,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                                         "(default: spark-submit's choice, local[*] when run directly)")
     spark.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
                        help="extra Spark configuration, repeatable (e.g. --conf spark.executor.memory=4g)")
-    storage = parser.add_argument_group("S3 (credentials always come from the standard AWS chain)")
-    storage.add_argument("--s3-endpoint", help="S3 endpoint URL for S3-compatible stores, e.g. http://127.0.0.1:9000 "
-                                               "(default: $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL, else AWS)")
-    storage.add_argument("--s3-region", help="S3 region (default: $AWS_REGION / $AWS_DEFAULT_REGION)")
+    add_storage_options(parser)
     spark.add_argument("--batch-size", type=int, default=8,
                        help="images per ONNX Runtime call (default 8: faster than 32 on 2-core machines)")
     spark.add_argument("--threads", type=int,
@@ -105,8 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "the checksum recorded in run.json, listed = ok + errors, each listed path once, vector "
                     "lengths, model files. Exit 0 when everything holds, 1 otherwise.")
     verify.add_argument("output", help="folder or URI of an orchard output")
-    verify.add_argument("--s3-endpoint", help="S3 endpoint URL for S3-compatible stores")
-    verify.add_argument("--s3-region", help="S3 region")
+    add_storage_options(verify)
 
     package = commands.add_parser(
         "package", help="build a relocatable Python environment for the cluster and print spark-submit",
@@ -138,13 +134,6 @@ def _add_sample_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-per-class", type=int, default=30, help="Training images per class")
     parser.add_argument("--test-per-class", type=int, default=10, help="Test images per class")
     parser.add_argument("--sample-seed", type=int, default=0, help="seed of the generated images")
-
-
-def storage_from_args(args: argparse.Namespace) -> StorageOptions:
-    """--s3-endpoint / --s3-region, each falling back to the AWS environment variables."""
-    environment = StorageOptions.from_env()
-    return StorageOptions(endpoint=args.s3_endpoint or environment.endpoint,
-                          region=args.s3_region or environment.region)
 
 
 def config_from_args(args: argparse.Namespace, input_uri: str, **overrides) -> RunConfig:
@@ -258,8 +247,7 @@ def _add_report_parser(commands: argparse._SubParsersAction) -> None:
     report.add_argument("output", help="folder or URI of an orchard output")
     report.add_argument("--out", help="HTML file (ending .html) or folder to write the report to "
                                       "(default: OUTPUT's run folder/report/index.html)")
-    report.add_argument("--s3-endpoint", help="S3 endpoint URL for S3-compatible stores")
-    report.add_argument("--s3-region", help="S3 region")
+    add_storage_options(report)
 
 
 def _report(args: argparse.Namespace) -> int:

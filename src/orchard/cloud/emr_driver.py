@@ -23,8 +23,12 @@ sys.exit(main(sys.argv[1:]))
 '''
 
 
-def fetch_weights(uri: str) -> str:
-    """Copy a weights file from `uri` to local disk; returns the `--weights` value that selects it."""
+def fetch_weights(uri: str, storage: fs.StorageOptions | None = None) -> str:
+    """Copy a weights file from `uri` to local disk; returns the `--weights` value that selects it.
+
+    `storage` defaults to the AWS environment (on EMR: the node's region and instance credentials).
+    """
+    storage = storage or fs.StorageOptions.from_env()
     from orchard.featurize.weights import KERAS_FILE, keras_cache_dir
 
     name = posixpath.basename(uri.rstrip("/"))
@@ -35,7 +39,7 @@ def fetch_weights(uri: str) -> str:
         target = Path(tempfile.mkdtemp(prefix="orchard-weights-")) / name
         value = str(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fs.write_bytes(str(target), fs.read_bytes(uri))
+    fs.write_bytes(str(target), fs.read_bytes(uri, storage))
     return value
 
 
