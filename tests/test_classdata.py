@@ -71,3 +71,11 @@ def test_a_partial_archive_of_a_dead_jvm_is_promoted_and_a_live_one_is_left_alon
     archive = recording.recording.with_name(recording.recording.name.split(".jsa")[0] + ".jsa")
     assert mapped.options[0] == f"-XX:SharedArchiveFile={archive}" and archive.read_bytes() == b"archive bytes"
     assert mapped.recording is None and not owner.exists()
+
+
+def test_an_unwritable_cache_only_costs_the_speed_up(tmp_path):
+    spark_home = tmp_path / "spark"
+    (spark_home / "jars").mkdir(parents=True)
+    blocked = tmp_path / "cache"
+    blocked.write_text("a file where the cache folder should be")
+    assert classdata.plan(blocked, spark_home).options == []

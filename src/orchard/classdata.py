@@ -34,7 +34,8 @@ class ClassData:
     def started(self, spark) -> None:
         """Note which JVM writes the partial archive, so later runs know when it is complete."""
         if self.recording is not None:
-            _owner(self.recording).write_text(str(_jvm_pid(spark)))
+            with contextlib.suppress(OSError):
+                _owner(self.recording).write_text(str(_jvm_pid(spark)))
 
 
 def plan(cache: Path, spark_home: Path) -> ClassData:
@@ -46,12 +47,15 @@ def plan(cache: Path, spark_home: Path) -> ClassData:
         return ClassData()
     folder = cache / "jvm"
     archive = folder / f"spark-{_key(java, spark_home)}.jsa"
-    recording = _settle_recordings(archive)
-    if archive.is_file():
-        return ClassData([f"-XX:SharedArchiveFile={archive}", *QUIET])
-    if recording:
+    try:
+        recording = _settle_recordings(archive)
+        if archive.is_file():
+            return ClassData([f"-XX:SharedArchiveFile={archive}", *QUIET])
+        if recording:
+            return ClassData()
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:  # a read-only or shared cache only costs the speed-up, never the run
         return ClassData()
-    folder.mkdir(parents=True, exist_ok=True)
     part = _part(archive, os.getpid())
     return ClassData([f"-XX:ArchiveClassesAtExit={part}", *QUIET], part)
 
