@@ -171,7 +171,7 @@ def use_clients(monkeypatch, **clients) -> None:
 def test_example_config_loads_and_plans(capsys):
     config = emr_config.load_config(REPO / "deploy" / "emr.example.toml")
     assert (config.region, config.release_label, config.core.count, config.core.market) == (
-        "eu-west-3", "emr-7.5.0", 2, "ON_DEMAND")
+        "eu-west-3", "emr-7.13.0", 2, "ON_DEMAND")
     assert config.task is not None and config.groups == (config.master, config.core)  # count 0: no task group
     code, out, _ = cli(capsys, "plan", "-c", str(REPO / "deploy" / "emr.example.toml"))
     assert code == 0
@@ -293,7 +293,7 @@ def test_run_job_flow_request_is_exactly_what_the_config_says(aws, tmp_path):
 
     expected = {
         "Name": f"orchard-{RUN_ID}",
-        "ReleaseLabel": "emr-7.5.0",
+        "ReleaseLabel": "emr-7.13.0",
         "LogUri": f"s3://{BUCKET}/orchard/logs/",
         "Applications": [{"Name": "Spark"}, {"Name": "Hadoop"}, {"Name": "JupyterHub"}, {"Name": "Livy"}],
         "Configurations": [
@@ -329,7 +329,7 @@ def test_run_job_flow_request_is_exactly_what_the_config_says(aws, tmp_path):
 
     cluster = live.describe_cluster(ClusterId=state.cluster_id)["Cluster"]  # moto's view of the request
     assert (cluster["ReleaseLabel"], cluster["LogUri"], cluster["AutoTerminate"]) == (
-        "emr-7.5.0", f"s3://{BUCKET}/orchard/logs/", True)
+        "emr-7.13.0", f"s3://{BUCKET}/orchard/logs/", True)
     assert {"Key": "orchard:run", "Value": RUN_ID} in cluster["Tags"]
     assert [app["Name"] for app in cluster["Applications"]] == ["Spark", "Hadoop", "JupyterHub", "Livy"]
     assert cluster["Configurations"][0]["Configurations"][0]["Properties"] == {
@@ -477,7 +477,7 @@ def test_down_all_terminates_only_orchard_clusters(aws, tmp_path, capsys):
     config = emr_config.load_config(write_config(tmp_path))
     artifacts = emr.Artifacts(config.run_uri(RUN_ID), "unused")
     ours = [live.run_job_flow(**emr.job_flow_request(config, run, artifacts))["JobFlowId"] for run in ("r1", "r2")]
-    theirs = live.run_job_flow(Name="someone-else", ReleaseLabel="emr-7.5.0", Instances={
+    theirs = live.run_job_flow(Name="someone-else", ReleaseLabel="emr-7.13.0", Instances={
         "InstanceGroups": [{"InstanceRole": "MASTER", "InstanceType": "m5.xlarge", "InstanceCount": 1}],
         "KeepJobFlowAliveWhenNoSteps": True}, JobFlowRole="EMR_EC2_DefaultRole",
         ServiceRole="EMR_DefaultRole")["JobFlowId"]
@@ -595,7 +595,7 @@ def test_serverless_application_job_run_status_logs_down(aws, tmp_path, capsys, 
     assert code == 0 and "job run succeeded" in out  # moto finishes job runs at once
     state = emr.RunState.load()
     run_id, base = state.run_id, f"s3://{BUCKET}/orchard/{state.run_id}"
-    assert created == [{"name": f"orchard-{run_id}", "releaseLabel": "emr-7.5.0", "type": "SPARK",
+    assert created == [{"name": f"orchard-{run_id}", "releaseLabel": "emr-7.13.0", "type": "SPARK",
                         "architecture": "X86_64", "maximumCapacity": {"cpu": "16 vCPU", "memory": "128 GB"},
                         "autoStartConfiguration": {"enabled": True},
                         "autoStopConfiguration": {"enabled": True, "idleTimeoutMinutes": 30},

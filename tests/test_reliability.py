@@ -110,6 +110,49 @@ def test_driver_killed_mid_run_resumes_without_redoing_finished_shards(collectio
     assert all(f.ok for f in verify(str(output)))
 
 
+def test_datasets_appear_only_at_the_commit_and_a_broken_commit_resumes(spark, collection, reference, tmp_path,
+                                                                       monkeypatch):
+    from orchard import pipeline
+    from orchard.io import fs
+
+    output = tmp_path / "out"
+    config = RunConfig(input=str(collection), output=str(output), weights="random", k=8, progress=False)
+    real_reduce, real_move = pipeline.reduce_features, fs.move_tree
+
+    def reduce_then_crash(*args, **kwargs):
+        real_reduce(*args, **kwargs)
+        raise RuntimeError("crash after PCA")
+
+    monkeypatch.setattr(pipeline, "reduce_features", reduce_then_crash)
+    with pytest.raises(RuntimeError, match="crash after PCA"):
+        run(config, spark)
+    assert sorted(p.name for p in output.iterdir()) == ["_work"]  # built, but nothing visible yet
+    assert {p.name for p in (output / "_work" / "commit").iterdir()} >= {"features", "metadata", "errors", "pca"}
+
+    moved = []
+
+    def move_two_then_crash(source, target, storage=None):
+        if len(moved) == 2:
+            raise OSError("crash in the middle of the commit")
+        real_move(source, target, storage)
+        moved.append(Path(target).name)
+
+    monkeypatch.setattr(pipeline, "reduce_features", real_reduce)
+    monkeypatch.setattr(fs, "move_tree", move_two_then_crash)
+    with pytest.raises(OSError, match="middle of the commit"):
+        run(config, spark)
+    assert moved == ["features", "pca"] and not (output / "_SUCCESS").exists()
+    assert [f.ok for f in verify(str(output))] == [False]
+
+    monkeypatch.setattr(fs, "move_tree", real_move)
+    result = run(config, spark)
+    assert result.info["resume"] == {"resumed": True, "shards_reused": 1}
+    assert sorted(p.name for p in output.iterdir()) == ["_SUCCESS", "errors", "features", "metadata", "model",
+                                                        "pca", "run.json", "variance"]
+    assert_identical_runs(reference, output)
+    assert all(f.ok for f in verify(str(output)))
+
+
 def test_same_output_whatever_the_partitioning(spark, collection, reference, tmp_path):
     output = tmp_path / "out"
     config = RunConfig(input=str(collection), output=str(output), weights="random", k=8, shard_size=17,

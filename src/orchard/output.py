@@ -19,6 +19,7 @@ from orchard.errors import ConfigError
 from orchard.io import fs
 
 DATASETS = ("features", "pca", "metadata", "errors", "variance")
+COMMITTED = (*DATASETS, "model", "changes", "csv")  # folders a run builds in staging and moves at commit
 VERSION_PATTERN = re.compile(r"^v=(\d{4,})$")
 
 
@@ -37,6 +38,11 @@ class Layout:
     def work(self) -> str:
         """Scratch space of an unfinished run (manifest, shard rows, stats); removed at commit."""
         return fs.join(self.root, "_work")
+
+    @property
+    def staging(self) -> Layout:
+        """Where the run builds its datasets, model and CSV copies before the commit moves them to `root`."""
+        return Layout(fs.join(self.work, "commit"))
 
     @property
     def rows(self) -> str:

@@ -1,10 +1,11 @@
-"""The run, stage by stage: list -> select -> featurise shards -> write datasets -> PCA -> run.json.
+"""The run, stage by stage: list -> select -> featurise shards -> write datasets -> PCA -> commit.
 
 Work is cut into shards of `shard_size` images (sorted by path). Each shard is one Spark job that writes
 its rows to `_work/rows/shard=N/`; then the driver writes `_work/stats/shard-N.json` LAST. Those stats
 files are the single source of truth for progress, the summary, and resume: a restarted run with the same
-command skips every shard that has a stats file. `_SUCCESS` and `run.json` are written last of all, so an
-output without them is incomplete.
+command skips every shard that has a stats file. The datasets, model and CSV copies are built in
+`_work/commit/`; the commit moves them into the output folder, then writes `run.json` and `_SUCCESS` last
+of all, so an output without `_SUCCESS` is incomplete and an interrupted run shows no dataset folders.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from orchard.errors import AccountingError, ConfigError, ResourceError
 from orchard.featurize import weights
 from orchard.featurize.batch import WorkerSettings
 from orchard.io import fs, listing
-from orchard.output import DATASETS, Layout
+from orchard.output import COMMITTED, DATASETS, Layout
 from orchard.preprocess import Limits
 from orchard.progress import Progress
 from orchard.spark import RESULT_SCHEMA
@@ -125,31 +126,50 @@ def run(config: RunConfig, spark=None) -> RunResult:
             source = quantized(source, manifest, config)
     with timings.stage("featurize"):
         shard_stats = featurize_shards(spark, work, source, config, layout)
+    staging = layout.staging  # nothing appears under the output folder before the commit
     with timings.stage("write"):
-        written = write_datasets(spark, layout, manifest)
+        written = write_datasets(spark, layout.rows, staging, manifest)
     with timings.stage("pca"):
         reuse = target.base if target.base is not None and not config.refit_pca else None
-        pca_summary = reduce_features(spark, config, layout, written["ok"], reuse, base_info)
+        pca_summary = reduce_features(spark, config, staging, written["ok"], reuse, base_info)
     if config.csv:
         with timings.stage("csv"):
-            write_csv(spark, layout, pca_summary.k)
+            write_csv(spark, staging, pca_summary.k)
 
     info = run_info(config, spark, source, manifest, found, shard_stats, written, pca_summary, timings, started)
     info["outputs"] = {name: getattr(layout, name) for name in (*DATASETS, "model")}
     if config.incremental:
         info["incremental"] = incremental_info(target, changes, len(work), reuse)
         if changes is not None:
-            incremental.write_changes(changes, layout.changes)
-    info["parts"] = part_checksums(layout.root)
+            incremental.write_changes(changes, staging.changes)
+    info["parts"] = part_checksums(staging.root)
     info["resume"] = {"resumed": target.state == "resume",
                       "shards_reused": sum(s.get("reused", False) for s in shard_stats)}
     check_accounting(info["counts"])
-    fs.write_json(layout.run_json, info)
-    fs.write_bytes(layout.success, b"")  # the commit: the folder is now a finished run
-    fs.remove_tree(layout.work)
+    commit(layout, info)
     if target.version is not None:
         publish(config.output, target.version)
     return RunResult(layout.root, info)
+
+
+def commit(layout: Layout, info: dict) -> None:
+    """Move the staged folders into place, then write run.json and `_SUCCESS` (last) and drop `_work/`.
+
+    A crash part-way leaves `_work/` and no `_SUCCESS`: the rerun resumes, rebuilds the staging from the
+    finished shards and commits again, replacing whatever this commit had already moved.
+    """
+    started = time.perf_counter()
+    for name in COMMITTED:
+        staged = fs.join(layout.staging.root, name)
+        if fs.exists(staged):
+            fs.move_tree(staged, fs.join(layout.root, name))
+    timings = info["timings"]
+    timings["commit"] = time.perf_counter() - started
+    timings["total"] += timings["commit"]
+    timings["images_per_second"] = info["counts"]["listed"] / timings["total"]
+    fs.write_json(layout.run_json, info)
+    fs.write_bytes(layout.success, b"")  # the commit: the folder is now a finished run
+    fs.remove_tree(layout.work)
 
 
 @dataclass(frozen=True)
@@ -407,11 +427,11 @@ def _write_sorted(frame, uri: str, parts: int) -> None:
     spread.sortWithinPartitions("path").write.mode("overwrite").parquet(uri)
 
 
-def write_datasets(spark, layout: Layout, manifest: pd.DataFrame) -> dict:
-    """features/, metadata/ and errors/ from the shard rows, sorted by path. Returns row counts."""
+def write_datasets(spark, rows_uri: str, layout: Layout, manifest: pd.DataFrame) -> dict:
+    """features/, metadata/ and errors/ of `layout` from the shard rows, sorted by path. Returns row counts."""
     from pyspark.sql import functions as F
 
-    rows = spark.read.parquet(layout.rows).drop("shard")
+    rows = spark.read.parquet(rows_uri).drop("shard")
     ok = rows.where(F.col("error").isNull())
     n_rows = len(manifest)
     _write_sorted(ok.select("path", "label", "split", "features"), layout.features, part_count(n_rows, 5200))

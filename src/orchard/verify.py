@@ -13,9 +13,9 @@ import pyarrow.compute as pc
 from orchard.errors import ConfigError
 from orchard.featurize.mobilenet import FEATURE_DIM
 from orchard.io import fs
-from orchard.output import resolve
+from orchard.output import DATASETS, resolve
 
-CHECKSUMMED = ("features", "pca", "metadata", "errors", "variance")
+CHECKSUMMED = DATASETS  # every Parquet dataset of a run
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 DEFAULT_PATH = "emr.toml"
 DEFAULT_REGION = "eu-west-3"
-DEFAULT_RELEASE = "emr-7.5.0"  # Spark 3.5.x on Amazon Linux 2023
+DEFAULT_RELEASE = "emr-7.13.0"  # Spark 3.5.6, Python 3.11 available, Amazon Linux 2023 (April 2026)
 MARKETS = {"on_demand": "ON_DEMAND", "spot": "SPOT"}
 RELEASE_PATTERN = re.compile(r"^emr-(?:(?P<major>\d+)\.\d+\.\d+|spark-(?P<spark>\d+)[.\w-]*)$")
 BUCKET_PATTERN = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")

@@ -169,6 +169,22 @@ def remove_tree(uri: str, storage: StorageOptions | None = None) -> None:
         filesystem.delete_file(path)
 
 
+def move_tree(source: str, target: str, storage: StorageOptions | None = None) -> None:
+    """Move a folder to `target`, replacing what is there: one rename where the filesystem has one (local,
+    HDFS: readers see the old folder, nothing, or the whole new one), else file by file (S3: copy + delete)."""
+    filesystem, path = resolve(source, storage)
+    _, destination = resolve(target, storage)
+    remove_tree(target, storage)
+    if not isinstance(filesystem, pafs.S3FileSystem):
+        filesystem.create_dir(posixpath.dirname(destination), recursive=True)
+        filesystem.move(path, destination)
+        return
+    for info in filesystem.get_file_info(pafs.FileSelector(path, recursive=True)):
+        if info.type == pafs.FileType.File:
+            filesystem.move(info.path, posixpath.join(destination, posixpath.relpath(info.path, path)))
+    remove_tree(source, storage)
+
+
 def tree_size(uri: str, storage: StorageOptions | None = None) -> int:
     """Total bytes of the files under a folder."""
     filesystem, path = resolve(uri, storage)
