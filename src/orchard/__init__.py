@@ -10,14 +10,18 @@ The Python API the CLI is built on:
 
 __version__ = "0.1.0"
 
-from orchard.config import RunConfig, SparkOptions
-from orchard.errors import OrchardError
-from orchard.output import read_info
-from orchard.pipeline import RunResult, run
-from orchard.sample import SampleSpec, make_sample
-from orchard.spark import get_session
+import importlib
 
-__all__ = [
-    "OrchardError", "RunConfig", "RunResult", "SampleSpec", "SparkOptions", "__version__", "get_session",
-    "make_sample", "read_info", "run",
-]
+_EXPORTS = {
+    "OrchardError": "orchard.errors", "RunConfig": "orchard.config", "RunResult": "orchard.pipeline",
+    "SampleSpec": "orchard.sample", "SparkOptions": "orchard.config", "get_session": "orchard.spark",
+    "make_sample": "orchard.sample", "read_info": "orchard.output", "run": "orchard.pipeline",
+}
+__all__ = sorted([*_EXPORTS, "__version__"])
+
+
+def __getattr__(name: str):
+    """Import the API on first use, so `orchard predict` and `orchard serve` start without Spark or onnx."""
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'orchard' has no attribute {name!r}")

@@ -23,7 +23,7 @@ import numpy as np
 
 from orchard.errors import ConfigError
 from orchard.featurize import runtime
-from orchard.featurize.mobilenet import FEATURE_DIM
+from orchard.featurize.contract import FEATURE_DIM
 from orchard.io import fs
 from orchard.output import resolve
 from orchard.preprocess import ImageError, Limits, prepare

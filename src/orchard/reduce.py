@@ -13,7 +13,7 @@ import numpy as np
 
 from orchard.config import RunConfig, effective_k_rule
 from orchard.errors import ConfigError
-from orchard.featurize.mobilenet import FEATURE_DIM
+from orchard.featurize.contract import FEATURE_DIM
 
 
 @dataclass(frozen=True)

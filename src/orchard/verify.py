@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import pyarrow.compute as pc
 
 from orchard.errors import ConfigError
-from orchard.featurize.mobilenet import FEATURE_DIM
+from orchard.featurize.contract import FEATURE_DIM
 from orchard.io import fs
 from orchard.output import DATASETS, resolve
 

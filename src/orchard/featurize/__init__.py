@@ -1,7 +1,5 @@
-"""Featurisation: MobileNetV2 as ONNX (mobilenet), weights (weights), inference (runtime)."""
+"""Featurisation: MobileNetV2 as ONNX (mobilenet), weights (weights), inference (runtime), int8 (quantize).
 
-from orchard.featurize.mobilenet import FEATURE_DIM
-from orchard.featurize.runtime import embed, make_session
-from orchard.featurize.weights import ModelSource, resolve
-
-__all__ = ["FEATURE_DIM", "ModelSource", "embed", "make_session", "resolve"]
+The submodules are imported where they are used: ONNX Runtime inference (`runtime`) needs neither the
+`onnx` package nor the graph builder, which keeps `orchard predict` quick to start.
+"""

@@ -18,11 +18,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-FEATURE_DIM = 1280
+from orchard.featurize.contract import FEATURE_DIM, INPUT_NAME, OUTPUT_NAME
+
 BN_EPSILON = 1e-3
 OPSET = 17
-INPUT_NAME = "images"
-OUTPUT_NAME = "features"
 BUILDER_VERSION = "1"  # bump when the graph changes, so cached ONNX files are rebuilt
 
 Weights = dict[str, dict[str, np.ndarray]]

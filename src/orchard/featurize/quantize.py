@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from orchard.featurize import runtime
-from orchard.featurize.mobilenet import INPUT_NAME
+from orchard.featurize.contract import INPUT_NAME
 
 QUANTIZER_VERSION = "1"
 

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import onnxruntime as ort
 
-from orchard.featurize.mobilenet import FEATURE_DIM, INPUT_NAME, OUTPUT_NAME
+from orchard.featurize.contract import FEATURE_DIM, INPUT_NAME, OUTPUT_NAME
 
 _SESSIONS: dict[tuple[str, int], ort.InferenceSession] = {}
 BUILD_LOG_ENV = "ORCHARD_MODEL_BUILD_LOG"  # when set, each build appends "pid model python" there (tests)

@@ -17,9 +17,7 @@ from functools import lru_cache
 from urllib.parse import urlparse
 
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 S3_SCHEMES = ("s3", "s3a", "s3n")
 
@@ -125,6 +123,8 @@ def read_json(uri: str, storage: StorageOptions | None = None) -> dict:
 
 def write_parquet(uri: str, table: pa.Table, storage: StorageOptions | None = None) -> None:
     """A small Parquet file written whole by the driver (manifest, variance table)."""
+    import pyarrow.parquet as pq  # here, not at import: it pulls in pandas, which `orchard predict` needs not
+
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
     write_bytes(uri, buffer.getvalue(), storage)
@@ -132,6 +132,8 @@ def write_parquet(uri: str, table: pa.Table, storage: StorageOptions | None = No
 
 def read_columns(uri: str, columns: list[str] | None = None, storage: StorageOptions | None = None) -> pa.Table:
     """Columns of a Parquet file or dataset folder (Spark's hidden '.'/'_' files skipped)."""
+    import pyarrow.dataset as pads  # see write_parquet
+
     filesystem, path = resolve(uri, storage)
     return pads.dataset(path, filesystem=filesystem, format="parquet").to_table(columns=columns)
 
