@@ -38,4 +38,6 @@ def test_render_rewrites_the_table_from_a_results_file(tmp_path):
     copy.write_text(source.read_text())
     assert bench.main(["--render", str(copy)]) == 0
     table = copy.with_suffix(".md").read_text()
-    assert "| 67692 |" in table and "worker s: read / decode+resize / inference" in table
+    sizes = [run["images"] for run in json.loads(source.read_text())["runs"]]
+    assert sizes and all(f"| {size} |" in table for size in sizes)
+    assert "worker s: read / decode+resize / inference" in table
