@@ -15,8 +15,6 @@ from orchard.featurize.contract import FEATURE_DIM
 from orchard.io import fs
 from orchard.output import DATASETS, resolve
 
-CHECKSUMMED = DATASETS  # every Parquet dataset of a run
-
 
 @dataclass(frozen=True)
 class Finding:
@@ -39,7 +37,7 @@ def data_files(folder: str) -> list[str]:
 def part_checksums(output: str) -> dict[str, dict[str, dict]]:
     """dataset -> file -> {bytes, sha256}, recorded in run.json at commit time."""
     recorded: dict[str, dict[str, dict]] = {}
-    for dataset in CHECKSUMMED:
+    for dataset in DATASETS:
         folder = fs.join(output, dataset)
         recorded[dataset] = {}
         for name in data_files(folder):
@@ -89,7 +87,7 @@ def _check_parts(output: str, recorded: dict) -> Finding:
     if not recorded:
         return Finding("checksums", False, "run.json records no part checksums")
     actual = part_checksums(output)
-    bad = [f"{dataset}/{name}" for dataset in CHECKSUMMED
+    bad = [f"{dataset}/{name}" for dataset in DATASETS
            for name in set(recorded.get(dataset, {})) | set(actual.get(dataset, {}))
            if recorded.get(dataset, {}).get(name) != actual.get(dataset, {}).get(name)]
     total = sum(len(files) for files in recorded.values())
