@@ -18,11 +18,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from orchard.featurize.contract import FEATURE_DIM, INPUT_NAME, OUTPUT_NAME
+from orchard.featurize.contract import FEATURE_DIM, GRAPH_VERSION, INPUT_NAME, OUTPUT_NAME
 
 BN_EPSILON = 1e-3
 OPSET = 17
-BUILDER_VERSION = "1"  # bump when the graph changes, so cached ONNX files are rebuilt
 
 Weights = dict[str, dict[str, np.ndarray]]
 
@@ -215,7 +214,7 @@ class _GraphBuilder:
             self.initializers,
         )
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                                  producer_name="orchard", producer_version=BUILDER_VERSION)
+                                  producer_name="orchard", producer_version=GRAPH_VERSION)
         model.ir_version = 8
         onnx.checker.check_model(model)
         return model

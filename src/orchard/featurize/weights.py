@@ -1,7 +1,8 @@
 """Where model weights come from: the standard Keras ImageNet file, a user's file, or seeded random weights.
 
 The ONNX graph built from a weights file is cached per file content (sha256), so the conversion happens
-once per weights file on the driver and never on executors.
+once per weights file on the driver and never on executors. The graph builder (and the `onnx` package,
+~1.5 s to import) is loaded only when a model has to be built.
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import h5py
 import numpy as np
 
 from orchard.errors import WeightsError
-from orchard.featurize import mobilenet
-from orchard.featurize.mobilenet import Weights
+from orchard.featurize.contract import GRAPH_VERSION, INPUT_NAME
+
+if TYPE_CHECKING:
+    from orchard.featurize.mobilenet import Weights
 
 KERAS_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
 KERAS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/" + KERAS_FILE
@@ -113,10 +116,12 @@ def sha256_file(path: Path) -> str:
 
 
 def _cached_model(key, make_weights, kind, path, digest, description) -> ModelSource:
-    cache = orchard_cache_dir() / "models" / f"mobilenet_v2-{key}-b{mobilenet.BUILDER_VERSION}.onnx"
+    cache = orchard_cache_dir() / "models" / f"mobilenet_v2-{key}-b{GRAPH_VERSION}.onnx"
     if cache.is_file():
         onnx_bytes = cache.read_bytes()
     else:
+        from orchard.featurize import mobilenet
+
         try:
             onnx_bytes = mobilenet.build_model(make_weights()).SerializeToString()
         except ValueError as exc:
@@ -130,6 +135,8 @@ def _cached_model(key, make_weights, kind, path, digest, description) -> ModelSo
 
 def load_keras_h5(path: Path | str) -> Weights:
     """Read layer weights from a Keras HDF5 weights file (legacy format, as the ImageNet files are)."""
+    import h5py
+
     try:
         with h5py.File(path, "r") as handle:
             root = handle.get("model_weights", handle)
@@ -155,6 +162,8 @@ def random_weights(seed: int) -> Weights:
     moving statistics (0 and 1) do not match the activations, which saturate. Here every BatchNorm's
     moving mean/variance is calibrated on a fixed batch of synthetic images, so activations stay in range.
     """
+    from orchard.featurize import mobilenet
+
     rng = np.random.default_rng(seed)
     weights: Weights = {}
     for spec in mobilenet.conv_specs():
@@ -189,10 +198,12 @@ def calibrate_batchnorm(weights: Weights, images: np.ndarray) -> Weights:
     """Set each BatchNorm's moving mean/variance to its input statistics on `images` (one ONNX pass)."""
     import onnxruntime as ort
 
+    from orchard.featurize import mobilenet
+
     model = mobilenet.build_model(weights, calibrate=True)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     names = [output.name for output in session.get_outputs()]
-    results = dict(zip(names, session.run(names, {mobilenet.INPUT_NAME: images}), strict=True))
+    results = dict(zip(names, session.run(names, {INPUT_NAME: images}), strict=True))
     calibrated = {layer: dict(values) for layer, values in weights.items()}
     for spec in mobilenet.conv_specs():
         calibrated[spec.bn]["moving_mean"] = results[f"{spec.bn}/mean"].reshape(-1).astype(np.float32)
