@@ -174,22 +174,51 @@ def test_existing_output_is_not_overwritten(spark, sample_tree, tmp_path):
     assert (target / "precious.txt").read_text() == "keep me"
 
 
-def test_truncated_model_equals_a_fit_with_k(finished, spark):
+@pytest.mark.parametrize("standardize", [False, True])
+def test_fit_equals_mllib_estimators_and_scikit_learn(finished, spark, standardize):
+    """orchard's one-pass fit builds the models MLlib's StandardScaler + PCA estimators fit (up to sign)."""
+    from pyspark.ml import Pipeline
+    from pyspark.ml.feature import PCA, StandardScaler
+    from sklearn.decomposition import PCA as SkPCA
+
     from orchard import reduce
-    from orchard.config import RunConfig
 
     _, output, _ = finished
     features = spark.read.parquet(str(output / "features"))
-    vectors = reduce.with_vector(features)
-    base = RunConfig(input="in", output="out", k=1280)
-    full, _ = reduce.fit(features, base)
-    direct, _ = reduce.fit(features, RunConfig(input="in", output="out", k=7))
-    truncated = reduce.truncate(full, 7)
-    assert truncated.stages[-1].getK() == 7
-    a = np.stack([r.pca_vector.toArray() for r in truncated.transform(vectors).orderBy("path").collect()])
-    b = np.stack([r.pca_vector.toArray() for r in direct.transform(vectors).orderBy("path").collect()])
-    # eigenvectors are defined up to sign
-    np.testing.assert_allclose(np.abs(a), np.abs(b), rtol=1e-6, atol=1e-6)
+    model, summary = reduce.fit(features, RunConfig(input="in", output="out", k=7, standardize=standardize))
+    assert summary.k == 7 and len(summary.explained) == 1280  # the whole spectrum, whatever the rule
+    stages = [StandardScaler(withMean=True, withStd=True, inputCol="vector", outputCol="scaled")] * standardize
+    stages.append(PCA(k=7, inputCol="scaled" if standardize else "vector", outputCol="pca_vector"))
+    vectors = reduce.with_vector(features).orderBy("path")
+    reference = Pipeline(stages=stages).fit(vectors)
+    np.testing.assert_allclose(summary.explained[:7], reference.stages[-1].explainedVariance.toArray(),
+                               rtol=1e-9, atol=1e-12)
+    ours = np.stack([r.pca_vector.toArray() for r in model.transform(vectors).collect()])
+    theirs = np.stack([r.pca_vector.toArray() for r in reference.transform(vectors).collect()])
+    assert ours.std(axis=0).min() > 1e-3  # the projections vary: the comparison below means something
+    np.testing.assert_allclose(np.abs(ours), np.abs(theirs), rtol=1e-6, atol=1e-6)  # components: up to sign
+
+    matrix = np.stack(pd.read_parquet(output / "features")["features"].to_numpy()).astype(np.float64)
+    if standardize:
+        std = matrix.std(axis=0, ddof=1)
+        matrix = (matrix - matrix.mean(axis=0)) / np.where(std > 0, std, 1.0)
+    sk = SkPCA(n_components=7, svd_solver="full").fit(matrix)
+    np.testing.assert_allclose(summary.explained[:7], sk.explained_variance_ratio_, rtol=1e-6)
+    components = model.stages[-1].pc.toArray()  # 1280 x 7, columns
+    np.testing.assert_allclose(np.abs(components.T), np.abs(sk.components_), atol=1e-6)
+
+
+def test_moments_merge_equals_moments_of_all_rows():
+    from orchard.reduce import Moments
+
+    rows = np.random.default_rng(0).normal(1000.0, 1.0, (300, 5))  # a large mean: no cancellation allowed
+    merged = Moments.of(rows[:7]).merge(Moments.of(rows[7:200])).merge(Moments.of(rows[200:]))
+    whole = Moments.of(rows)
+    assert merged.count == 300
+    np.testing.assert_allclose(merged.mean, whole.mean, rtol=1e-12)
+    np.testing.assert_allclose(merged.covariance(), np.cov(rows.T), rtol=1e-9, atol=1e-12)
+    empty = Moments(0, np.zeros(5), np.zeros((5, 5)))
+    assert empty.merge(whole) is whole and whole.merge(empty) is whole
 
 
 def test_int8_precision_is_calibrated_on_the_input_and_close_to_fp32(spark, sample_tree, tmp_path, finished):

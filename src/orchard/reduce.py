@@ -1,12 +1,19 @@
-"""PCA with Spark MLlib: k given, or the smallest k that keeps a share of the variance.
+"""PCA as Spark MLlib models: k given, or the smallest k that keeps a share of the variance.
 
-The fitted model is a PipelineModel (optional StandardScaler, then PCA) over a `vector` column made with
-`array_to_vector(features)`, so it transforms new feature rows later. Note: MLlib's PCAModel projects
-without centring (unlike scikit-learn); explained variance ratios are the same.
+The fitted model is a PipelineModel (optional StandardScalerModel, then PCAModel) over a `vector` column
+made with `array_to_vector(features)`, so it transforms new feature rows later. MLlib's PCA estimator
+aggregates rank-one updates row by row (BLAS level 2) and decomposes the covariance in the JVM, then the
+1280x1280 result crosses py4j; here one Spark job sums each partition's mean and centred scatter matrix
+(NumPy, level 3; merged with Chan's formula), the driver decomposes the 1280x1280 covariance (`eigh`) and
+the same MLlib model classes are built from the result, inside the JVM. The models equal those of MLlib's
+estimators up to the sign of each component (checked in the tests); a component's sign is fixed here so
+that its largest entry is positive. Note: MLlib's PCAModel projects without centring (unlike
+scikit-learn); explained variance ratios are the same.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +21,9 @@ import numpy as np
 from orchard.config import RunConfig, effective_k_rule
 from orchard.errors import ConfigError
 from orchard.featurize.contract import FEATURE_DIM
+
+MOMENTS_SCHEMA = "count long, mean binary, scatter binary"
+MOMENTS_BLOCK = 2048  # rows per scatter-matrix update (~10 MB of float32 features)
 
 
 @dataclass(frozen=True)
@@ -56,56 +66,157 @@ def choose_k(explained: list[float], share: float) -> int:
     return int(reached[0]) + 1 if len(reached) else len(explained)
 
 
+@dataclass(frozen=True)
+class Moments:
+    """Count, mean and centred scatter matrix (sum of outer products of x - mean) of feature vectors."""
+
+    count: int
+    mean: np.ndarray  # float64 [d]
+    scatter: np.ndarray  # float64 [d, d]
+
+    @classmethod
+    def of(cls, matrix: np.ndarray) -> Moments:
+        """The moments of the rows of `matrix`."""
+        rows = np.asarray(matrix, np.float64)
+        mean = rows.mean(axis=0)
+        centred = rows - mean
+        return cls(len(rows), mean, centred.T @ centred)
+
+    def merge(self, other: Moments) -> Moments:
+        """The moments of both sets of rows (Chan et al.'s pairwise update: no cancellation of large means)."""
+        if other.count == 0:
+            return self
+        if self.count == 0:
+            return other
+        count = self.count + other.count
+        delta = other.mean - self.mean
+        return Moments(count, self.mean + delta * (other.count / count),
+                       self.scatter + other.scatter + np.outer(delta, delta) * (self.count * other.count / count))
+
+    def covariance(self) -> np.ndarray:
+        """The sample covariance (n - 1 in the denominator, as MLlib's)."""
+        return self.scatter / (self.count - 1)
+
+    def to_row(self) -> dict:
+        """One row of MOMENTS_SCHEMA (float64 bytes)."""
+        return {"count": self.count, "mean": self.mean.tobytes(), "scatter": self.scatter.tobytes()}
+
+    @classmethod
+    def from_row(cls, row) -> Moments:
+        """Back from `to_row`."""
+        mean = np.frombuffer(row["mean"], np.float64)
+        return cls(int(row["count"]), mean, np.frombuffer(row["scatter"], np.float64).reshape(len(mean), -1))
+
+
+def partition_moments(batches: Iterator) -> Iterator:
+    """mapInArrow function: Arrow batches of a `features` list column -> one MOMENTS_SCHEMA row.
+
+    Rows are gathered into blocks of MOMENTS_BLOCK before each update: one large matrix product costs
+    less than many small ones plus their merges.
+    """
+    import pyarrow as pa
+
+    total = Moments(0, np.zeros(FEATURE_DIM), np.zeros((FEATURE_DIM, FEATURE_DIM)))
+    block: list[np.ndarray] = []
+    for batch in [*batches, None]:
+        if batch is not None and batch.num_rows:
+            block.append(batch.column(0).flatten().to_numpy(zero_copy_only=False).reshape(batch.num_rows, -1))
+        if block and (batch is None or sum(len(rows) for rows in block) >= MOMENTS_BLOCK):
+            total = total.merge(Moments.of(np.concatenate(block)))
+            block = []
+    yield pa.RecordBatch.from_pylist([total.to_row()])
+
+
+def moments(features) -> Moments:
+    """The moments of a DataFrame's `features` column: one pass, partial moments merged by a tree reduce."""
+    partials = features.select("features").mapInArrow(partition_moments, MOMENTS_SCHEMA)
+    return partials.rdd.map(Moments.from_row).treeReduce(Moments.merge)
+
+
+def principal_components(covariance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(explained variance ratio per component, components as columns), largest first, signs fixed."""
+    eigenvalues, vectors = np.linalg.eigh(covariance)
+    order = np.argsort(eigenvalues)[::-1]
+    eigenvalues, vectors = np.clip(eigenvalues[order], 0.0, None), vectors[:, order]
+    signs = np.sign(vectors[np.abs(vectors).argmax(axis=0), np.arange(vectors.shape[1])])
+    vectors = vectors * np.where(signs == 0, 1.0, signs)
+    total = eigenvalues.sum()
+    return (eigenvalues / total if total > 0 else eigenvalues), vectors
+
+
 def fit(features, config: RunConfig):
-    """Fit the reduction on a DataFrame with a `features` array column. Returns (PipelineModel, PcaSummary)."""
-    rule, target = effective_k_rule(config)
-    if rule == "k" and target > FEATURE_DIM:
-        raise ConfigError(f"--k {int(target)} is above the feature size {FEATURE_DIM}: choose k <= {FEATURE_DIM}")
-    # No cache: MLlib's PCA makes two passes (column means, Gramian) and re-reading Parquet is cheap,
-    # while a cache would make the driver's memory grow with the number of images.
-    vectors = with_vector(features)
-    if rule == "k":
-        model = _pipeline(int(target), config.standardize).fit(vectors)
-        summary = PcaSummary(int(target), rule, target, _explained(model), config.standardize)
-    else:
-        full = _pipeline(FEATURE_DIM, config.standardize).fit(vectors)
-        explained = _explained(full)
-        k = choose_k(explained, target)
-        model = truncate(full, k)
-        summary = PcaSummary(k, rule, target, explained, config.standardize)
-    return model, summary
+    """Fit the reduction on a DataFrame with a `features` array column. Returns (PipelineModel, PcaSummary).
 
-
-def truncate(model, k: int):
-    """The same PipelineModel keeping only the first k components (no second pass over the data).
-
-    MLlib computes every component in one eigen-decomposition; keeping k columns of its matrix gives
-    exactly the model a fit with k would give (checked in the tests), without paying for that fit again.
+    Every component's explained variance is computed whatever the rule (one decomposition gives them all).
     """
     from pyspark.ml import PipelineModel
 
-    full = model.stages[-1]
-    if full.getK() == k:
-        return model
-    components = full.pc.toArray()[:, :k]
-    return PipelineModel([*model.stages[:-1], _pca_model(full, components, full.explainedVariance.toArray()[:k])])
+    rule, target = effective_k_rule(config)
+    if rule == "k" and target > FEATURE_DIM:
+        raise ConfigError(f"--k {int(target)} is above the feature size {FEATURE_DIM}: choose k <= {FEATURE_DIM}")
+    stats = moments(features)
+    covariance = stats.covariance()
+    stages = []
+    if config.standardize:
+        std = np.sqrt(np.diag(covariance))
+        scale = np.divide(1.0, std, out=np.zeros_like(std), where=std > 0)  # MLlib: constant features -> 0
+        covariance = covariance * np.outer(scale, scale)
+        stages.append(_scaler_model(stats.mean, std))
+    explained, components = principal_components(covariance)
+    k = int(target) if rule == "k" else choose_k(explained.tolist(), target)
+    stages.append(_pca_model(components[:, :k], explained[:k], "scaled" if config.standardize else "vector"))
+    return PipelineModel(stages), PcaSummary(k, rule, target, explained.tolist(), config.standardize)
 
 
-def _pca_model(template, components, explained):
-    """A PCAModel with the given component matrix, carrying the template's columns and uid."""
+def _java_doubles(values: np.ndarray):
+    """A JVM double[] with `values` (sent as bytes: py4j converts lists element by element)."""
     from pyspark import SparkContext
-    from pyspark.ml.common import _py2java
-    from pyspark.ml.feature import PCAModel
-    from pyspark.ml.linalg import DenseMatrix, DenseVector
 
     context = SparkContext._active_spark_context
+    jvm = context._jvm
+    data = np.ascontiguousarray(values, "<f8")
+    array = context._gateway.new_array(jvm.double, data.size)
+    buffer = jvm.java.nio.ByteBuffer.wrap(data.tobytes()).order(jvm.java.nio.ByteOrder.LITTLE_ENDIAN)
+    buffer.asDoubleBuffer().get(array)
+    return array
+
+
+def _java_vector(values: np.ndarray):
+    from pyspark import SparkContext
+
+    return SparkContext._active_spark_context._jvm.org.apache.spark.ml.linalg.DenseVector(_java_doubles(values))
+
+
+def _scaler_model(mean: np.ndarray, std: np.ndarray):
+    """MLlib's StandardScalerModel (withMean, withStd) for `mean` and sample `std`, vector -> scaled."""
+    from pyspark import SparkContext
+    from pyspark.ml.feature import StandardScalerModel
+
+    jvm = SparkContext._active_spark_context._jvm
+    java = jvm.org.apache.spark.ml.feature.StandardScalerModel(
+        jvm.org.apache.spark.ml.util.Identifiable.randomUID("stdScal"), _java_vector(std), _java_vector(mean))
+    for name in ("withMean", "withStd"):
+        java.set(java.getParam(name), True)
+    java.setInputCol("vector")
+    java.setOutputCol("scaled")
+    model = StandardScalerModel(java)
+    model._transfer_params_from_java()
+    return model
+
+
+def _pca_model(components: np.ndarray, explained: np.ndarray, input_col: str):
+    """MLlib's PCAModel with `components` (d x k, as columns) and their explained variance, input -> pca_vector."""
+    from pyspark import SparkContext
+    from pyspark.ml.feature import PCAModel
+
+    jvm = SparkContext._active_spark_context._jvm
     rows, k = components.shape
-    matrix = DenseMatrix(rows, k, components.flatten(order="F").tolist())
-    java = context._jvm.org.apache.spark.ml.feature.PCAModel(
-        template.uid, _py2java(context, matrix), _py2java(context, DenseVector(explained)))
+    matrix = jvm.org.apache.spark.ml.linalg.DenseMatrix(rows, k, _java_doubles(components.flatten(order="F")))
+    java = jvm.org.apache.spark.ml.feature.PCAModel(jvm.org.apache.spark.ml.util.Identifiable.randomUID("pca"),
+                                                    matrix, _java_vector(explained))
     java.set(java.getParam("k"), k)
-    java.setInputCol(template.getInputCol())
-    java.setOutputCol(template.getOutputCol())
+    java.setInputCol(input_col)
+    java.setOutputCol("pca_vector")
     model = PCAModel(java)
     model._transfer_params_from_java()
     return model
@@ -125,20 +236,3 @@ def with_vector(features):
     from pyspark.ml.functions import array_to_vector
 
     return features.withColumn("vector", array_to_vector("features"))
-
-
-def _pipeline(k: int, standardize: bool):
-    from pyspark.ml import Pipeline
-    from pyspark.ml.feature import PCA, StandardScaler
-
-    stages = []
-    source = "vector"
-    if standardize:
-        stages.append(StandardScaler(withMean=True, withStd=True, inputCol="vector", outputCol="scaled"))
-        source = "scaled"
-    stages.append(PCA(k=k, inputCol=source, outputCol="pca_vector"))
-    return Pipeline(stages=stages)
-
-
-def _explained(model) -> list[float]:
-    return [float(v) for v in model.stages[-1].explainedVariance.toArray()]
