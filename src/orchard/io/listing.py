@@ -13,6 +13,7 @@ import hashlib
 import math
 import os
 import re
+from contextlib import contextmanager
 from functools import lru_cache
 from urllib.parse import unquote
 
@@ -22,6 +23,11 @@ from orchard.config import IMAGE_EXTENSIONS, RunConfig
 from orchard.errors import ConfigError, OrchardError
 
 MANIFEST_COLUMNS = ["path", "rel", "label", "split", "size", "modified_us"]  # + list_error for local fixes
+# The listing reads no file content, so a file costs nothing to "open": plan one partition per core instead
+# of one per 32 files (Spark's default 4 MB open cost), e.g. 2 tasks instead of 2,116 for Fruits-360.
+LISTING_CONF = {"spark.sql.files.openCostInBytes": "1"}
+# Local folders are listed faster by the driver itself than by a Spark job (which S3 prefixes need).
+LOCAL_LISTING_CONF = {"spark.sql.sources.parallelPartitionDiscovery.threshold": str(2**31 - 1)}
 
 
 def extension_glob(extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> str:
@@ -39,9 +45,20 @@ def list_images(spark, root: str) -> pd.DataFrame:
     Spark treats names starting with '.' or '_' as hidden and does not list them. Zero-byte files are
     listed (with size 0) so that they end up in errors/ rather than vanish.
     """
+    qualified_root = qualify(spark, root)
+    local = qualified_root.startswith("file:")
+    with _session_conf(spark, {**LISTING_CONF, **(LOCAL_LISTING_CONF if local else {})}):
+        paths, sizes, mtimes = _list(spark, root)
+    manifest = build_manifest(paths, sizes, mtimes, qualified_root)
+    if local:
+        manifest = reconcile_local(manifest, qualified_root[len("file:"):])
+    return manifest
+
+
+def _list(spark, root: str) -> tuple[list[str], list[int], list]:
+    """Paths, sizes and modification times (microseconds) of the image files under `root`."""
     from pyspark.errors import AnalysisException
 
-    qualified_root = qualify(spark, root)
     try:
         source = (
             spark.read.format("binaryFile")
@@ -63,10 +80,20 @@ def list_images(spark, root: str) -> pd.DataFrame:
         empty = {_hadoop_path_string(uri): uri for uri in index if _hadoop_path_string(uri) not in listed}
         paths, sizes = paths + list(empty), sizes + [0] * len(empty)
         mtimes = mtimes + [_modified_us(spark, uri) for uri in empty.values()]
-    manifest = build_manifest(paths, sizes, mtimes, qualified_root)
-    if qualified_root.startswith("file:"):
-        manifest = reconcile_local(manifest, qualified_root[len("file:"):])
-    return manifest
+    return paths, sizes, mtimes
+
+
+@contextmanager
+def _session_conf(spark, values: dict[str, str]):
+    """Apply SQL settings for the `with` block, except those the session already sets (e.g. by --conf)."""
+    applied = [key for key in values if spark.conf.get(key, None) is None]
+    for key in applied:
+        spark.conf.set(key, values[key])
+    try:
+        yield
+    finally:
+        for key in applied:
+            spark.conf.unset(key)
 
 
 def reconcile_local(manifest: pd.DataFrame, root: str) -> pd.DataFrame:
