@@ -76,3 +76,26 @@ def test_spark_listing_finds_images_with_odd_names(spark, sample_tree):
 def test_missing_input_is_a_one_line_error(spark, tmp_path):
     with pytest.raises(OrchardError, match="does not exist"):
         listing.list_images(spark, str(tmp_path / "nowhere"))
+
+
+def test_listing_settings_apply_to_the_listing_only_and_leave_the_users_alone(spark, sample_tree, monkeypatch):
+    root, _ = sample_tree
+    open_cost, discovery = "spark.sql.files.openCostInBytes", "spark.sql.sources.parallelPartitionDiscovery.threshold"
+    seen, original = {}, listing._list
+
+    def spy(session, where):
+        seen.update({key: session.conf.get(key) for key in (open_cost, discovery)})
+        return original(session, where)
+
+    monkeypatch.setattr(listing, "_list", spy)
+    spark.conf.set(discovery, "7")  # as if given with --conf
+    try:
+        listed = listing.list_images(spark, str(root))
+    finally:
+        assert spark.conf.get(discovery) == "7" and spark.conf.get(open_cost, None) is None
+        spark.conf.unset(discovery)
+    assert seen == {open_cost: "1", discovery: "7"}
+    again = listing.list_images(spark, str(root))
+    assert seen == {open_cost: "1", discovery: str(2**31 - 1)}  # local folder: listed by the driver
+    assert spark.conf.get(discovery, None) is None and spark.conf.get(open_cost, None) is None
+    pd.testing.assert_frame_equal(listed, again)
