@@ -6,7 +6,7 @@
 For each size N it generates (once, then reuses) N 100x100 JPEGs over 131 classes under benchmarks/data/,
 runs `orchard run` in a fresh process (its own Spark JVM, as a user would), samples the memory of the
 driver, the JVM and the Python workers while it runs, and reads the stage timings from run.json.
-Results go to benchmarks/results/<date>-<host>.json and .md (a markdown table the README quotes).
+Results go to benchmarks/results/<date>-<sizes>.json and .md (a markdown table the README quotes).
 """
 
 from __future__ import annotations
