@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
 
@@ -118,7 +119,7 @@ def partition_moments(batches: Iterator) -> Iterator:
 
     total = Moments(0, np.zeros(FEATURE_DIM), np.zeros((FEATURE_DIM, FEATURE_DIM)))
     block: list[np.ndarray] = []
-    for batch in [*batches, None]:
+    for batch in chain(batches, [None]):  # None: the end, flush the last block (batches stream, never all held)
         if batch is not None and batch.num_rows:
             block.append(batch.column(0).flatten().to_numpy(zero_copy_only=False).reshape(batch.num_rows, -1))
         if block and (batch is None or sum(len(rows) for rows in block) >= MOMENTS_BLOCK):
