@@ -23,8 +23,9 @@ from orchard.config import IMAGE_EXTENSIONS, RunConfig
 from orchard.errors import ConfigError, OrchardError
 
 MANIFEST_COLUMNS = ["path", "rel", "label", "split", "size", "modified_us"]  # + list_error for local fixes
-# The listing reads no file content, so a file costs nothing to "open": plan one partition per core instead
-# of one per 32 files (Spark's default 4 MB open cost), e.g. 2 tasks instead of 2,116 for Fruits-360.
+# The listing reads no file content, so a file costs nothing to "open": plan partitions by the files' bytes
+# (one per core, at most 128 MB each) instead of one per 32 files (Spark's default 4 MB open cost): e.g. 3
+# tasks instead of ~2,100 for Fruits-360's 67,692 files.
 LISTING_CONF = {"spark.sql.files.openCostInBytes": "1"}
 # Local folders are listed faster by the driver itself than by a Spark job (which S3 prefixes need).
 LOCAL_LISTING_CONF = {"spark.sql.sources.parallelPartitionDiscovery.threshold": str(2**31 - 1)}
