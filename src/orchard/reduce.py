@@ -169,11 +169,15 @@ def fit(features, config: RunConfig):
     return PipelineModel(stages), PcaSummary(k, rule, target, explained.tolist(), config.standardize)
 
 
-def _java_doubles(values: np.ndarray):
-    """A JVM double[] with `values` (sent as bytes: py4j converts lists element by element)."""
+def _context():
     from pyspark import SparkContext
 
-    context = SparkContext._active_spark_context
+    return SparkContext._active_spark_context
+
+
+def _java_doubles(values: np.ndarray):
+    """A JVM double[] with `values` (sent as bytes: py4j converts lists element by element)."""
+    context = _context()
     jvm = context._jvm
     data = np.ascontiguousarray(values, "<f8")
     array = context._gateway.new_array(jvm.double, data.size)
@@ -183,44 +187,39 @@ def _java_doubles(values: np.ndarray):
 
 
 def _java_vector(values: np.ndarray):
-    from pyspark import SparkContext
+    return _context()._jvm.org.apache.spark.ml.linalg.DenseVector(_java_doubles(values))
 
-    return SparkContext._active_spark_context._jvm.org.apache.spark.ml.linalg.DenseVector(_java_doubles(values))
+
+def _wrapped(python_class, java, params: dict, input_col: str, output_col: str):
+    """The JVM model `java` with its params and columns set, as an instance of its pyspark class."""
+    for name, value in params.items():
+        java.set(java.getParam(name), value)
+    java.setInputCol(input_col)
+    java.setOutputCol(output_col)
+    model = python_class(java)
+    model._transfer_params_from_java()
+    return model
 
 
 def _scaler_model(mean: np.ndarray, std: np.ndarray):
     """MLlib's StandardScalerModel (withMean, withStd) for `mean` and sample `std`, vector -> scaled."""
-    from pyspark import SparkContext
     from pyspark.ml.feature import StandardScalerModel
 
-    jvm = SparkContext._active_spark_context._jvm
-    java = jvm.org.apache.spark.ml.feature.StandardScalerModel(
-        jvm.org.apache.spark.ml.util.Identifiable.randomUID("stdScal"), _java_vector(std), _java_vector(mean))
-    for name in ("withMean", "withStd"):
-        java.set(java.getParam(name), True)
-    java.setInputCol("vector")
-    java.setOutputCol("scaled")
-    model = StandardScalerModel(java)
-    model._transfer_params_from_java()
-    return model
+    ml = _context()._jvm.org.apache.spark.ml
+    java = ml.feature.StandardScalerModel(ml.util.Identifiable.randomUID("stdScal"), _java_vector(std),
+                                          _java_vector(mean))
+    return _wrapped(StandardScalerModel, java, {"withMean": True, "withStd": True}, "vector", "scaled")
 
 
 def _pca_model(components: np.ndarray, explained: np.ndarray, input_col: str):
     """MLlib's PCAModel with `components` (d x k, as columns) and their explained variance, input -> pca_vector."""
-    from pyspark import SparkContext
     from pyspark.ml.feature import PCAModel
 
-    jvm = SparkContext._active_spark_context._jvm
+    ml = _context()._jvm.org.apache.spark.ml
     rows, k = components.shape
-    matrix = jvm.org.apache.spark.ml.linalg.DenseMatrix(rows, k, _java_doubles(components.flatten(order="F")))
-    java = jvm.org.apache.spark.ml.feature.PCAModel(jvm.org.apache.spark.ml.util.Identifiable.randomUID("pca"),
-                                                    matrix, _java_vector(explained))
-    java.set(java.getParam("k"), k)
-    java.setInputCol(input_col)
-    java.setOutputCol("pca_vector")
-    model = PCAModel(java)
-    model._transfer_params_from_java()
-    return model
+    matrix = ml.linalg.DenseMatrix(rows, k, _java_doubles(components.flatten(order="F")))
+    java = ml.feature.PCAModel(ml.util.Identifiable.randomUID("pca"), matrix, _java_vector(explained))
+    return _wrapped(PCAModel, java, {"k": k}, input_col, "pca_vector")
 
 
 def transform(model, features):
