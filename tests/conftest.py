@@ -21,14 +21,25 @@ def build_log(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("builds") / "builds.log"
 
 
+ENGINE_ENV = "ORCHARD_TEST_ENGINE"  # "classic" (default) or "connect"
+
+
 @pytest.fixture(scope="session")
-def spark(build_log):
+def spark(build_log, tmp_path_factory):
     os.environ[BUILD_LOG_ENV] = str(build_log)  # inherited by the JVM and its Python workers
     os.environ["PYSPARK_PYTHON"] = sys.executable
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     from orchard.config import SparkOptions
     from orchard.spark import get_session
 
+    if os.environ.get(ENGINE_ENV, "classic") == "connect":  # the suite against a real Spark Connect server
+        from infra import connect_server
+
+        with connect_server(tmp_path_factory.mktemp("connect") / "server.log") as url:
+            session = get_session(SparkOptions(remote=url, app_name="orchard-tests"))
+            yield session
+            session.stop()
+        return
     session = get_session(SparkOptions(master="local[2]", app_name="orchard-tests"))
     yield session
     session.stop()

@@ -80,6 +80,28 @@ def moto_server(log: Path):
         stop(process)
 
 
+@contextlib.contextmanager
+def connect_server(log: Path, master: str = "local[2]", conf: dict[str, str] | None = None):
+    """A real Spark Connect server (pyspark 4.x bundles it) on a free loopback port; yields its sc:// URL."""
+    port = free_port()
+    settings = {"spark.connect.grpc.binding.address": "127.0.0.1", "spark.connect.grpc.binding.port": str(port),
+                **(conf or {})}
+    command = [str(SPARK_HOME / "bin" / "spark-submit"), "--class",
+               "org.apache.spark.sql.connect.service.SparkConnectServer", "--master", master,
+               *[part for key, value in settings.items() for part in ("--conf", f"{key}={value}")], "spark-internal"]
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                   env={**os.environ, "SPARK_HOME": str(SPARK_HOME)})
+    try:
+        wait_for(lambda: "Spark Connect server started" in log.read_text() or process.poll() is not None, 120,
+                 "the Spark Connect server")
+        if process.poll() is not None:
+            raise RuntimeError(f"the Spark Connect server exited: {log.read_text()[-2000:]}")
+        yield f"sc://127.0.0.1:{port}"
+    finally:
+        stop(process)
+
+
 def s3a_jars(cache: Path) -> list[Path]:
     """hadoop-aws and the AWS SDK bundle, taken once from the sagemaker-pyspark sdist on PyPI."""
     jars = [cache / name for name in S3A_JARS]

@@ -91,7 +91,11 @@ def test_pca_metadata_and_variance(finished):
     assert (rotated["width"], rotated["height"]) == (120, 80)  # original size, before rotation
 
 
-def test_run_json_describes_the_run(finished):
+def test_run_json_describes_the_run(finished, spark):
+    import pyspark
+
+    from orchard.engine import engine_for
+
     result, output, _ = finished
     info = json.loads((output / "run.json").read_text())
     assert info == json.loads(json.dumps(result.info, default=str))
@@ -99,7 +103,10 @@ def test_run_json_describes_the_run(finished):
     assert "NOT meaningful" in info["model"]["description"]
     assert set(info["timings"]) >= {"listing", "featurize", "write", "pca", "total", "images_per_second"}
     assert len(info["shards"]) == 2 and sum(s["count"] for s in info["shards"]) == info["counts"]["listed"]
-    assert info["versions"]["pyspark"].startswith("3.5")
+    assert info["versions"]["pyspark"] == pyspark.__version__
+    assert info["spark"]["engine"] == engine_for(spark).kind and info["spark"]["version"] == spark.version
+    worker = info["timings"]["worker_seconds"]
+    assert worker["inference"] > 0 and worker["read"] > 0  # summed from the rows' seconds columns
     assert read_info(str(output))["fingerprint"] == info["fingerprint"]
 
 
@@ -175,7 +182,7 @@ def test_existing_output_is_not_overwritten(spark, sample_tree, tmp_path):
 
 
 @pytest.mark.parametrize("standardize", [False, True])
-def test_fit_equals_mllib_estimators_and_scikit_learn(finished, spark, standardize):
+def test_fit_equals_mllib_estimators_and_scikit_learn(finished, spark, standardize, tmp_path):
     """orchard's one-pass fit builds the models MLlib's StandardScaler + PCA estimators fit (up to sign)."""
     from pyspark.ml import Pipeline
     from pyspark.ml.feature import PCA, StandardScaler
@@ -185,7 +192,8 @@ def test_fit_equals_mllib_estimators_and_scikit_learn(finished, spark, standardi
 
     _, output, _ = finished
     features = spark.read.parquet(str(output / "features"))
-    model, summary = reduce.fit(features, RunConfig(input="in", output="out", k=7, standardize=standardize))
+    model, summary = reduce.fit(features, RunConfig(input="in", output="out", k=7, standardize=standardize),
+                                str(tmp_path / "model"))
     assert summary.k == 7 and len(summary.explained) == 1280  # the whole spectrum, whatever the rule
     stages = [StandardScaler(withMean=True, withStd=True, inputCol="vector", outputCol="scaled")] * standardize
     stages.append(PCA(k=7, inputCol="scaled" if standardize else "vector", outputCol="pca_vector"))

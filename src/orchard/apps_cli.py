@@ -36,6 +36,7 @@ def add_app_commands(commands) -> None:
     train.add_argument("--train-split", default="Training", help="split to fit on (default: Training)")
     train.add_argument("--test-split", default="Test", help="split to evaluate on (default: Test)")
     train.add_argument("--master", help="Spark master URL (default: local[*])")
+    train.add_argument("--remote", metavar="URL", help="run on Spark Connect (sc://host:15002 or local[N])")
     train.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
                        help="extra Spark configuration, repeatable")
     add_storage_options(train)
@@ -88,7 +89,8 @@ def _train(args: argparse.Namespace) -> int:
 
     result = train(args.output, features=args.features, algorithm=args.algorithm, train_split=args.train_split,
                    test_split=args.test_split, reg_param=args.reg_param, max_iter=args.max_iter,
-                   spark_options=SparkOptions(master=args.master, conf=parse_conf_pairs(args.conf)),
+                   spark_options=SparkOptions(master=args.master, conf=parse_conf_pairs(args.conf),
+                                              remote=args.remote),
                    storage=storage_from_args(args))
     print(result.summary())
     return 0

@@ -53,6 +53,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     spark = parser.add_argument_group("execution (does not change results)")
     spark.add_argument("--master", help="Spark master URL, e.g. local[4], spark://host:7077, yarn "
                                         "(default: spark-submit's choice, local[*] when run directly)")
+    spark.add_argument("--remote", metavar="URL",
+                       help="run on Spark Connect: sc://host:15002, or local[N] for a server in this process "
+                            "(default: $SPARK_REMOTE if set, else a classic session)")
     spark.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
                        help="extra Spark configuration, repeatable (e.g. --conf spark.executor.memory=4g)")
     add_storage_options(parser)
@@ -138,7 +141,7 @@ def _add_sample_options(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace, input_uri: str, **overrides) -> RunConfig:
     """The validated RunConfig for `run`/`demo` arguments (`overrides` replace single fields)."""
-    spark = SparkOptions(master=args.master, conf=parse_conf_pairs(args.conf))
+    spark = SparkOptions(master=args.master, conf=parse_conf_pairs(args.conf), remote=args.remote)
     storage = storage_from_args(args)
     values = dict(
         input=input_uri, output=args.output, weights=args.weights, seed=args.seed, precision=args.precision,

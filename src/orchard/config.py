@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 
 from orchard.errors import ConfigError
@@ -12,6 +13,8 @@ from orchard.io.fs import StorageOptions
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "webp", "tif", "tiff", "gif")
 PRECISIONS = ("fp32", "int8")
+MASTER_URL = re.compile(r"local(\[(\*|\d+)(,\d+)?\])?|local-cluster\[\d+,\d+,\d+\]|spark://\S+|yarn|k8s://\S+"
+                        r"|mesos://\S+")
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,15 @@ class SparkOptions:
     master: str | None = None  # None: spark-submit's --master, else spark-defaults.conf, else $MASTER, else local[*]
     conf: dict[str, str] = field(default_factory=dict)
     app_name: str = "orchard"
+    remote: str | None = None  # a Spark Connect URL (sc://host:15002) or local[N]; None: SPARK_REMOTE or classic
+
+    def __post_init__(self) -> None:
+        if self.master is not None and not MASTER_URL.fullmatch(self.master):
+            raise ConfigError(f"--master {self.master} is not a Spark master URL: use local[N], local[*], "
+                              "spark://host:7077, yarn or k8s://https://host:443")
+        if self.remote is not None and not (self.remote.startswith("sc://") or MASTER_URL.fullmatch(self.remote)):
+            raise ConfigError(f"--remote {self.remote} is not a Spark Connect URL: use sc://host:15002 "
+                              "(or local[N] for a server in this process)")
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import pandas as pd
 import pyarrow as pa
 
+from orchard import schema
 from orchard.io import fs
 from orchard.output import Layout
 
@@ -90,5 +91,6 @@ def carry_rows(spark, base: Layout, paths: list[str], target: str) -> None:
     rows = (metadata.join(F.broadcast(keep), "path")
             .join(features, "path", "left")
             .join(errors, "path", "left"))
-    rows.select("path", "label", "split", "modified_us", "features", "width", "height", "bytes", "sha256",
-                "stage", "error").write.mode("overwrite").parquet(target)
+    carried = [F.col(name) if name in rows.columns else F.lit(None).cast(kind).alias(name)
+               for name, kind in schema.SHARD_ROWS.items()]  # no worker seconds: nothing was featurised
+    rows.select(*carried).write.mode("overwrite").parquet(target)

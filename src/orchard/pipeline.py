@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import platform
-import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,10 +19,11 @@ from dataclasses import dataclass, field
 import pandas as pd
 import pyarrow as pa
 
-from orchard import __version__, classdata, incremental, output, reduce
+from orchard import __version__, incremental, output, reduce, schema
 from orchard import spark as sparkglue
 from orchard.cloud import s3
 from orchard.config import RunConfig, effective_k_rule
+from orchard.engine import engine_for
 from orchard.errors import AccountingError, ConfigError, ResourceError
 from orchard.featurize import weights
 from orchard.featurize.batch import WorkerSettings
@@ -31,12 +31,9 @@ from orchard.io import fs, listing
 from orchard.output import COMMITTED, DATASETS, Layout
 from orchard.preprocess import Limits
 from orchard.progress import Progress
-from orchard.spark import RESULT_SCHEMA
 from orchard.verify import part_checksums
 
 TARGET_PART_BYTES = 128 * 1024 * 1024
-ROW_KEYS = ("path", "label", "split", "modified_us")  # manifest columns every shard row carries
-ROW_KEYS_SCHEMA = "path string, label string, split string, modified_us bigint"
 
 
 @dataclass
@@ -331,23 +328,27 @@ def featurize_shards(spark, manifest: pd.DataFrame, source, config: RunConfig, l
     finished = [{**fs.read_json(layout.shard_stats(s)), "reused": True} for s in range(shards) if s not in todo]
     progress = Progress(len(manifest), sum(s["count"] for s in finished), enabled=config.progress)
     if todo:
-        context = spark.sparkContext
-        model = sparkglue.broadcast_model(spark, source.onnx_bytes)
-        seconds = context.accumulator([0.0, 0.0, 0.0], sparkglue.StageSecondsParam())
-        settings = worker_settings(config, threads=config.threads or sparkglue.task_cpus(spark))
-        udf = sparkglue.featurize_udf(model, source.onnx_sha256[:16], settings, seconds)
-        slots = sparkglue.task_slots(spark)
+        engine = engine_for(spark)
+        model = engine.ship_model(source.onnx_bytes, source.onnx_sha256[:16])
+        settings = worker_settings(config, threads=config.threads or engine.task_cpus())
+        udf = sparkglue.featurize_udf(model, source.onnx_sha256[:16], settings)
+        slots = engine.task_slots()
         for shard in todo:
             rows = manifest.iloc[shard * config.shard_size : (shard + 1) * config.shard_size]
-            before = list(seconds.value)
-            with _watch(context, f"orchard-shard-{shard}", progress, sum(s["count"] for s in finished), len(rows)):
+            done_before = sum(s["count"] for s in finished)
+
+            def report(share: float, done_before: int = done_before, images: int = len(rows)) -> None:
+                progress.update(done_before + int(share * images))
+
+            with engine.watch(f"orchard-shard-{shard}", report):
                 started = time.perf_counter()
                 _run_shard(spark, udf, rows, layout.shard_rows(shard), slots, config.images_per_task)
                 elapsed = time.perf_counter() - started
-            stats = _shard_stats(shard, layout.shard_rows(shard), elapsed, before, list(seconds.value))
+            stats = _shard_stats(shard, layout.shard_rows(shard), elapsed)
             fs.write_json(layout.shard_stats(shard), stats)  # written last: the shard is now done
             finished.append(stats)
-        model.destroy()
+            progress.update(done_before + len(rows))
+        model.release()
     progress.close(sum(s["count"] for s in finished))
     return sorted(finished, key=lambda s: s["shard"])
 
@@ -356,19 +357,20 @@ def _run_shard(spark, udf, rows: pd.DataFrame, target: str, slots: int, images_p
     """One Spark job: featurise the shard's files; files the listing already failed become error rows."""
     from pyspark.sql import functions as F
 
+    keys = list(schema.ROW_KEYS)
     failed = rows["list_error"].notna() if "list_error" in rows else pd.Series(False, index=rows.index)
     todo = rows[~failed]
     parts = []
     if len(todo):
         tasks = max(slots, math.ceil(len(todo) / images_per_task))
-        frame = spark.createDataFrame(todo[list(ROW_KEYS)], ROW_KEYS_SCHEMA).repartition(tasks)
-        parts.append(frame.select(*ROW_KEYS, udf(F.col("path")).alias("r")).select(*ROW_KEYS, "r.*"))
+        frame = spark.createDataFrame(todo[keys], schema.ddl(schema.ROW_KEYS)).repartition(tasks)
+        parts.append(frame.select(*keys, udf(F.col("path")).alias("r")).select(*keys, "r.*"))
     if failed.any():
         listed = rows[failed]
-        errors = pd.DataFrame({**{key: listed[key] for key in ROW_KEYS}, "features": None, "width": None,
-                               "height": None, "bytes": None, "sha256": None, "stage": "list",
-                               "error": listed["list_error"]})
-        parts.append(spark.createDataFrame(errors, f"{ROW_KEYS_SCHEMA}, {RESULT_SCHEMA}"))
+        errors = pd.DataFrame({**{key: listed[key] for key in keys},
+                               **{name: None for name in schema.WORKER_RESULT}})
+        errors = errors.assign(stage="list", error=listed["list_error"])
+        parts.append(spark.createDataFrame(errors, schema.ddl(schema.SHARD_ROWS)))
     result = parts[0] if len(parts) == 1 else parts[0].unionByName(parts[1])
     try:
         result.write.mode("overwrite").parquet(target)
@@ -379,41 +381,15 @@ def _run_shard(spark, udf, rows: pd.DataFrame, target: str, slots: int, images_p
         raise ResourceError(f"{reason} (finished shards are kept: rerun to resume)") from None
 
 
-def _shard_stats(shard: int, rows_uri: str, elapsed: float, before: list[float], after: list[float]) -> dict:
-    errors = fs.read_columns(rows_uri, ["error"])["error"]
-    count, ok = len(errors), errors.null_count  # a null error means the image was featurised
-    worker = [b - a for a, b in zip(before, after, strict=True)]
+def _shard_stats(shard: int, rows_uri: str, elapsed: float) -> dict:
+    """A shard's stats file: counts, wall seconds and the worker seconds its rows carry."""
+    import pyarrow.compute as pc
+
+    table = fs.read_columns(rows_uri, ["error", *schema.SECONDS])
+    count, ok = table.num_rows, table["error"].null_count  # a null error means the image was featurised
+    worker = {name.removeprefix("seconds_"): float(pc.sum(table[name]).as_py() or 0.0) for name in schema.SECONDS}
     return {"shard": shard, "count": count, "ok": ok, "errors": count - ok, "seconds": elapsed,
-            "worker_seconds": dict(zip(("read", "preprocess", "inference"), worker, strict=True))}
-
-
-@contextmanager
-def _watch(context, group: str, progress: Progress, done_before: int, shard_images: int):
-    """Run a shard under a Spark job group while a thread turns its task progress into image counts."""
-    context.setJobGroup(group, group)
-    stop = threading.Event()
-
-    def poll() -> None:
-        tracker = context.statusTracker()
-        while not stop.wait(0.5):
-            tasks = completed = 0
-            for job_id in tracker.getJobIdsForGroup(group):
-                job = tracker.getJobInfo(job_id)
-                # a job's last stage runs the UDF; earlier ones only shuffle the path list
-                stage = tracker.getStageInfo(max(job.stageIds)) if job and job.stageIds else None
-                if stage:
-                    tasks, completed = tasks + stage.numTasks, completed + stage.numCompletedTasks
-            fraction = completed / tasks if tasks else 0.0
-            progress.update(done_before + int(fraction * shard_images))
-
-    thread = threading.Thread(target=poll, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-        context.setLocalProperty("spark.jobGroup.id", None)
+            "worker_seconds": worker}
 
 
 def part_count(rows: int, bytes_per_row: int) -> int:
@@ -458,13 +434,13 @@ def reduce_features(spark, config: RunConfig, layout: Layout, n_ok: int, reuse: 
         raise ConfigError(f"only {n_ok} image(s) could be featurised: PCA needs at least 2 (see errors/)")
     features = spark.read.parquet(layout.features)
     if reuse is None:
-        model, summary = reduce.fit(features, config)
+        model, summary = reduce.fit(features, config, layout.model)
     else:
         from pyspark.ml import PipelineModel
 
-        model, summary = PipelineModel.load(reuse.model), reduce.PcaSummary.from_dict(base_info["pca"])
+        fs.copy_tree(reuse.model, layout.model)
+        model, summary = PipelineModel.load(layout.model), reduce.PcaSummary.from_dict(base_info["pca"])
     _write_sorted(reduce.transform(model, features), layout.pca, part_count(n_ok, 4 * summary.k + 200))
-    model.write().overwrite().save(layout.model)
     variance = pa.table({
         "component": pa.array(range(1, len(summary.explained) + 1), pa.int32()),
         "explained_variance": summary.explained,
@@ -515,10 +491,7 @@ def run_info(config, spark, source, manifest, found, shard_stats, written, pca_s
         "config": config.to_dict(),
         "versions": {"python": platform.python_version(), "pyspark": pyspark.__version__,
                      "onnxruntime": onnxruntime.__version__, "numpy": numpy.__version__},
-        "spark": {"master": spark.sparkContext.master, "task_slots": sparkglue.task_slots(spark),
-                  "task_cpus": sparkglue.task_cpus(spark), **sparkglue.linear_algebra(spark),
-                  "jvm_class_data": classdata.state(spark.sparkContext.getConf().get("spark.driver.extraJavaOptions",
-                                                                                      ""))},
+        "spark": engine_for(spark).facts(),
         "model": {"architecture": "MobileNetV2 1.0/224, top removed, global average pooling",
                   "feature_dim": 1280, "runtime": "onnxruntime", "weights": source.kind,
                   "precision": source.precision, "quantization": source.quantization,

@@ -2,13 +2,13 @@
 
 The fitted model is a PipelineModel (optional StandardScalerModel, then PCAModel) over a `vector` column
 made with `array_to_vector(features)`, so it transforms new feature rows later. MLlib's PCA estimator
-aggregates rank-one updates row by row (BLAS level 2) and decomposes the covariance in the JVM, then the
-1280x1280 result crosses py4j; here one Spark job sums each partition's mean and centred scatter matrix
-(NumPy, level 3; merged with Chan's formula), the driver decomposes the 1280x1280 covariance (`eigh`) and
-the same MLlib model classes are built from the result, inside the JVM. The models equal those of MLlib's
-estimators up to the sign of each component (checked in the tests); a component's sign is fixed here so
-that its largest entry is positive. Note: MLlib's PCAModel projects without centring (unlike
-scikit-learn); explained variance ratios are the same.
+aggregates rank-one updates row by row (BLAS level 2) and decomposes the covariance in the JVM; here one
+Spark job (one pass) sums each partition's mean and centred scatter matrix (NumPy, level 3), the driver
+merges them (Chan's formula) and decomposes the 1280x1280 covariance (`eigh`), and mllib.py writes the
+standard MLlib model folder, which `PipelineModel.load` then reads: the same on every engine, no JVM
+calls from Python. The models equal those of MLlib's estimators up to the sign of each component (checked
+in the tests); a component's sign is fixed here so that its largest entry is positive. Note: MLlib's
+PCAModel projects without centring (unlike scikit-learn); explained variance ratios are the same.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from itertools import chain
 
 import numpy as np
 
+from orchard import mllib
 from orchard.config import RunConfig, effective_k_rule
 from orchard.errors import ConfigError
 from orchard.featurize.contract import FEATURE_DIM
@@ -129,9 +130,13 @@ def partition_moments(batches: Iterator) -> Iterator:
 
 
 def moments(features) -> Moments:
-    """The moments of a DataFrame's `features` column: one pass, partial moments merged by a tree reduce."""
+    """The moments of a DataFrame's `features` column: one pass; each partition's partial moments (13 MB)
+    stream to the driver one at a time and merge there."""
     partials = features.select("features").mapInArrow(partition_moments, MOMENTS_SCHEMA)
-    return partials.rdd.map(Moments.from_row).treeReduce(Moments.merge)
+    total = Moments(0, np.zeros(FEATURE_DIM), np.zeros((FEATURE_DIM, FEATURE_DIM)))
+    for row in partials.toLocalIterator():
+        total = total.merge(Moments.from_row(row))
+    return total
 
 
 def principal_components(covariance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -145,8 +150,9 @@ def principal_components(covariance: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return (eigenvalues / total if total > 0 else eigenvalues), vectors
 
 
-def fit(features, config: RunConfig):
-    """Fit the reduction on a DataFrame with a `features` array column. Returns (PipelineModel, PcaSummary).
+def fit(features, config: RunConfig, model_uri: str):
+    """Fit the reduction on a DataFrame with a `features` array column and save it at `model_uri`.
+    Returns (PipelineModel, PcaSummary).
 
     Every component's explained variance is computed whatever the rule (one decomposition gives them all).
     """
@@ -162,64 +168,27 @@ def fit(features, config: RunConfig):
         std = np.sqrt(np.diag(covariance))
         scale = np.divide(1.0, std, out=np.zeros_like(std), where=std > 0)  # MLlib: constant features -> 0
         covariance = covariance * np.outer(scale, scale)
-        stages.append(_scaler_model(stats.mean, std))
+        stages.append(scaler_stage(stats.mean, std))
     explained, components = principal_components(covariance)
     k = int(target) if rule == "k" else choose_k(explained.tolist(), target)
-    stages.append(_pca_model(components[:, :k], explained[:k], "scaled" if config.standardize else "vector"))
-    return PipelineModel(stages), PcaSummary(k, rule, target, explained.tolist(), config.standardize)
+    stages.append(pca_stage(components[:, :k], explained[:k], "scaled" if config.standardize else "vector"))
+    mllib.write_pipeline_model(model_uri, stages, features.sparkSession.version)
+    return PipelineModel.load(model_uri), PcaSummary(k, rule, target, explained.tolist(), config.standardize)
 
 
-def _context():
-    from pyspark import SparkContext
-
-    return SparkContext._active_spark_context
-
-
-def _java_doubles(values: np.ndarray):
-    """A JVM double[] with `values` (sent as bytes: py4j converts lists element by element)."""
-    context = _context()
-    jvm = context._jvm
-    data = np.ascontiguousarray(values, "<f8")
-    array = context._gateway.new_array(jvm.double, data.size)
-    buffer = jvm.java.nio.ByteBuffer.wrap(data.tobytes()).order(jvm.java.nio.ByteOrder.LITTLE_ENDIAN)
-    buffer.asDoubleBuffer().get(array)
-    return array
-
-
-def _java_vector(values: np.ndarray):
-    return _context()._jvm.org.apache.spark.ml.linalg.DenseVector(_java_doubles(values))
-
-
-def _wrapped(python_class, java, params: dict, input_col: str, output_col: str):
-    """The JVM model `java` with its params and columns set, as an instance of its pyspark class."""
-    for name, value in params.items():
-        java.set(java.getParam(name), value)
-    java.setInputCol(input_col)
-    java.setOutputCol(output_col)
-    model = python_class(java)
-    model._transfer_params_from_java()
-    return model
-
-
-def _scaler_model(mean: np.ndarray, std: np.ndarray):
+def scaler_stage(mean: np.ndarray, std: np.ndarray) -> mllib.Stage:
     """MLlib's StandardScalerModel (withMean, withStd) for `mean` and sample `std`, vector -> scaled."""
-    from pyspark.ml.feature import StandardScalerModel
-
-    ml = _context()._jvm.org.apache.spark.ml
-    java = ml.feature.StandardScalerModel(ml.util.Identifiable.randomUID("stdScal"), _java_vector(std),
-                                          _java_vector(mean))
-    return _wrapped(StandardScalerModel, java, {"withMean": True, "withStd": True}, "vector", "scaled")
+    return mllib.Stage("org.apache.spark.ml.feature.StandardScalerModel", "stdScal",
+                       {"withMean": True, "withStd": True, "inputCol": "vector", "outputCol": "scaled"},
+                       {"withMean": False, "withStd": True},
+                       {"std": mllib.dense_vector(std), "mean": mllib.dense_vector(mean)})
 
 
-def _pca_model(components: np.ndarray, explained: np.ndarray, input_col: str):
+def pca_stage(components: np.ndarray, explained: np.ndarray, input_col: str) -> mllib.Stage:
     """MLlib's PCAModel with `components` (d x k, as columns) and their explained variance, input -> pca_vector."""
-    from pyspark.ml.feature import PCAModel
-
-    ml = _context()._jvm.org.apache.spark.ml
-    rows, k = components.shape
-    matrix = ml.linalg.DenseMatrix(rows, k, _java_doubles(components.flatten(order="F")))
-    java = ml.feature.PCAModel(ml.util.Identifiable.randomUID("pca"), matrix, _java_vector(explained))
-    return _wrapped(PCAModel, java, {"k": k}, input_col, "pca_vector")
+    return mllib.Stage("org.apache.spark.ml.feature.PCAModel", "pca",
+                       {"k": components.shape[1], "inputCol": input_col, "outputCol": "pca_vector"}, {},
+                       {"pc": mllib.dense_matrix(components), "explainedVariance": mllib.dense_vector(explained)})
 
 
 def transform(model, features):

@@ -1,28 +1,28 @@
-"""All Spark glue in one place: the session factory, the model broadcast and the pandas UDF.
+"""Spark glue: the session factory (classic or Spark Connect) and the featurising pandas UDF.
 
-The ONNX model bytes are read once on the driver and broadcast once (`SparkContext.broadcast`); each
-Python worker turns them into an ONNX Runtime session on first use and keeps it (runtime.worker_session),
-so a reused worker builds its session once, however many tasks and batches it serves.
+The model bytes reach the executors once (engine.py: a broadcast on classic, a session artifact on
+Connect); each Python worker turns them into an ONNX Runtime session on first use and keeps it
+(runtime.worker_session), so a reused worker builds its session once, however many tasks and batches it
+serves. Stage seconds come back as columns of the result (schema.SECONDS): no accumulator, any engine.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 
-from orchard import classdata
+from orchard import classdata, schema
 from orchard.config import SparkOptions
+from orchard.errors import ConfigError
 from orchard.featurize import runtime
 from orchard.featurize.batch import StageSeconds, WorkerSettings, featurize_paths
 from orchard.featurize.weights import orchard_cache_dir
-
-RESULT_SCHEMA = (
-    "features array<float>, width int, height int, bytes bigint, sha256 string, stage string, error string"
-)
 
 LOG_CONFIG = Path(__file__).with_name("log4j2.properties")
 SESSION_DEFAULTS = {
@@ -36,30 +36,88 @@ SESSION_DEFAULTS = {
     "spark.driver.memory": "2g",  # enough for 67,692 images; a larger heap only grows lazily (benchmarks/)
     "spark.python.worker.reuse": "true",
 }
+RUNTIME_PREFIXES = ("spark.sql.", "spark.hadoop.")  # what a session of a running Connect server may set
+CONNECT_PORT = 15002
+SUPPORTED = ((3, 5), (4, 99))  # pyspark 3.5.x and every 4.x
 
 
 def get_session(options: SparkOptions | None = None, defaults: dict[str, str] | None = None):
-    """A SparkSession: `options.master` if given, else spark-submit's choice (local[*] by default).
+    """A SparkSession: classic, or Spark Connect when `options.remote`, SPARK_REMOTE or
+    `spark.api.mode=connect` asks for it.
 
+    Classic sessions use `options.master` if given, else spark-submit's choice (local[*] by default).
     Workers run this interpreter unless PYSPARK_PYTHON says otherwise (a venv's packages must be there).
     `defaults` (e.g. S3 settings) sit between orchard's defaults and the user's --conf, which wins.
     """
+    options = options or SparkOptions()
+    remote = remote_url(options)
+    builder = _builder(remote is not None)
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    builder = builder.appName(options.app_name)
+    values = {**SESSION_DEFAULTS, **(defaults or {})}
+    class_data = classdata.ClassData()
+    if remote is None:
+        if options.master:  # else spark-submit decides: its --master, spark-defaults.conf, $MASTER, or local[*]
+            builder = builder.master(options.master)
+        class_data = classdata.plan(orchard_cache_dir(), spark_home())
+        values["spark.driver.extraJavaOptions"] = " ".join([f"-Dlog4j2.configurationFile={LOG_CONFIG}",
+                                                            *class_data.options])
+    elif remote.startswith("sc://"):
+        check_reachable(remote)
+        values = {key: value for key, value in values.items() if key.startswith(RUNTIME_PREFIXES)}
+    for key, value in {**values, **options.conf}.items():
+        if key not in ("spark.remote", "spark.api.mode"):
+            builder = builder.config(key, value)
+    if remote is not None:
+        builder = builder.remote(remote)
+    spark = builder.getOrCreate()
+    if remote is None:
+        class_data.started(spark)
+        spark.sparkContext.setLogLevel(os.environ.get("ORCHARD_SPARK_LOG_LEVEL", "ERROR"))
+    return spark
+
+
+def remote_url(options: SparkOptions) -> str | None:
+    """The Spark Connect URL asked for, as pyspark spells it: --remote, spark.remote, SPARK_REMOTE, or
+    spark.api.mode=connect (then the master, e.g. local[2], runs a Connect server in-process). None: classic."""
+    remote = options.remote or options.conf.get("spark.remote") or os.environ.get("SPARK_REMOTE")
+    if remote is None and options.conf.get("spark.api.mode", "").lower() == "connect":
+        remote = options.master or "local[*]"
+    return remote
+
+
+def _builder(connect: bool):
+    """SparkSession.builder, once the installed pyspark is known to support the engine asked for."""
+    import pyspark
+
+    version = tuple(int(part) for part in re.findall(r"\d+", pyspark.__version__)[:2])
+    if not SUPPORTED[0] <= version <= SUPPORTED[1]:
+        raise ConfigError(f"pyspark {pyspark.__version__} is not supported: install 3.5.x or 4.x "
+                          "(pip install 'pyspark>=3.5,<5')")
+    if connect and version < (4, 0):
+        raise ConfigError(f"Spark Connect needs pyspark 4.x, this is {pyspark.__version__}: "
+                          "pip install 'orchard[connect]' (or drop --remote / SPARK_REMOTE)")
     from pyspark.sql import SparkSession
 
-    options = options or SparkOptions()
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    builder = SparkSession.builder.appName(options.app_name)
-    if options.master:  # else spark-submit decides: its --master, spark-defaults.conf, $MASTER, or local[*]
-        builder = builder.master(options.master)
-    class_data = classdata.plan(orchard_cache_dir(), spark_home())
-    quiet = {"spark.driver.extraJavaOptions": " ".join([f"-Dlog4j2.configurationFile={LOG_CONFIG}",
-                                                        *class_data.options])}
-    for key, value in {**SESSION_DEFAULTS, **quiet, **(defaults or {}), **options.conf}.items():
-        builder = builder.config(key, value)
-    spark = builder.getOrCreate()
-    class_data.started(spark)
-    spark.sparkContext.setLogLevel(os.environ.get("ORCHARD_SPARK_LOG_LEVEL", "ERROR"))
-    return spark
+    if connect:
+        try:
+            import pyspark.sql.connect.session  # checks grpcio, zstandard, ... on import
+        except ImportError as exc:
+            raise ConfigError(f"Spark Connect needs its client libraries ({exc}): "
+                              "pip install 'orchard[connect]'") from None
+    return SparkSession.builder
+
+
+def check_reachable(remote: str, timeout: float = 5.0) -> None:
+    """A one-line error, naming the server, when nothing listens at a Connect URL (instead of long retries)."""
+    host, _, port = remote[len("sc://"):].split("/", 1)[0].partition(":")
+    where = f"sc://{host}:{port or CONNECT_PORT}"
+    try:
+        socket.create_connection((host, int(port or CONNECT_PORT)), timeout=timeout).close()
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+        raise ConfigError(f"cannot reach the Spark Connect server at {where} ({reason}): start it, or fix "
+                          "--remote / SPARK_REMOTE") from None
 
 
 def spark_home() -> Path:
@@ -69,47 +127,14 @@ def spark_home() -> Path:
     return Path(os.environ.get("SPARK_HOME") or Path(pyspark.__file__).parent)
 
 
-def task_cpus(spark) -> int:
-    """CPUs per task: orchard gives ONNX Runtime this many threads per Python worker."""
-    return int(spark.conf.get("spark.task.cpus", "1"))
-
-
-def task_slots(spark) -> int:
-    """How many tasks run at once: the cluster's cores divided by spark.task.cpus."""
-    return max(1, spark.sparkContext.defaultParallelism // task_cpus(spark))
-
-
-def linear_algebra(spark) -> dict:
-    """Which BLAS/LAPACK the driver JVM uses for MLlib (native ones make the PCA fit several times faster)."""
-    netlib = spark.sparkContext._jvm.dev.ludovic.netlib
-    return {"jvm_blas": str(netlib.blas.BLAS.getInstance().getClass().getSimpleName()),
-            "jvm_lapack": str(netlib.lapack.LAPACK.getInstance().getClass().getSimpleName())}
-
-
-class StageSecondsParam:
-    """AccumulatorParam for [read, preprocess, inference] seconds summed over workers."""
-
-    def zero(self, value):
-        """The starting value: no seconds in any stage."""
-        return [0.0, 0.0, 0.0]
-
-    def addInPlace(self, a, b):
-        """Sum two [read, preprocess, inference] lists (a task's update into the total)."""
-        return [x + y for x, y in zip(a, b, strict=True)]
-
-
-def broadcast_model(spark, onnx_bytes: bytes):
-    """Broadcast the model bytes once; executors fetch them once and workers read them on first use."""
-    return spark.sparkContext.broadcast(onnx_bytes)
-
-
-def featurize_udf(model_broadcast, model_key: str, settings: WorkerSettings, seconds_accumulator):
-    """A Scalar Iterator pandas UDF: path -> struct(features, width, height, bytes, sha256, stage, error)."""
+def featurize_udf(model, model_key: str, settings: WorkerSettings):
+    """A Scalar Iterator pandas UDF: path -> struct(schema.WORKER_RESULT). `model` is an engine's model
+    handle: its `load()` runs on a worker only when that worker has no session for `model_key` yet."""
     from pyspark.sql.functions import pandas_udf
 
-    @pandas_udf(RESULT_SCHEMA)
+    @pandas_udf(schema.ddl(schema.WORKER_RESULT))
     def featurize(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
-        session = runtime.worker_session(model_key, lambda: model_broadcast.value, settings.threads)
+        session = runtime.worker_session(model_key, model.load, settings.threads)
         for paths in batches:
             seconds = StageSeconds()
             try:
@@ -118,8 +143,7 @@ def featurize_udf(model_broadcast, model_key: str, settings: WorkerSettings, sec
                 if runtime.is_out_of_memory(exc):
                     raise MemoryError(out_of_memory_message(len(paths), settings.chunk)) from exc
                 raise
-            yield frame
-            seconds_accumulator.add(seconds.as_list())
+            yield frame.assign(**seconds.per_row(len(frame)))
 
     return featurize
 

@@ -9,12 +9,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from orchard import schema
 from orchard.featurize.runtime import embed
 from orchard.io import fs
 from orchard.io.reader import read_many
 from orchard.preprocess import ImageError, Limits, prepare
 
-RESULT_COLUMNS = ["features", "width", "height", "bytes", "sha256", "stage", "error"]
+RESULT_COLUMNS = list(schema.RESULT)
 
 
 @dataclass(frozen=True)
@@ -36,9 +37,11 @@ class StageSeconds:
     preprocess: float = 0.0
     inference: float = 0.0
 
-    def as_list(self) -> list[float]:
-        """[read, preprocess, inference]: the order of the driver's stage-seconds accumulator."""
-        return [self.read, self.preprocess, self.inference]
+    def per_row(self, rows: int) -> dict[str, float]:
+        """The schema.SECONDS columns of `rows` rows that shared these seconds (their sum is the total)."""
+        share = 1.0 / max(rows, 1)
+        return {"seconds_read": self.read * share, "seconds_preprocess": self.preprocess * share,
+                "seconds_inference": self.inference * share}
 
 
 def prepare_paths(paths: list[str], settings: WorkerSettings, seconds: StageSeconds | None = None

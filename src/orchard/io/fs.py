@@ -144,6 +144,31 @@ def exists(uri: str, storage: StorageOptions | None = None) -> bool:
     return filesystem.get_file_info(path).type != pafs.FileType.NotFound
 
 
+def modified_us(uri: str, storage: StorageOptions | None = None) -> int | None:
+    """A file's modification time in microseconds since the epoch, at millisecond precision as Hadoop
+    lists it; None when it is gone or its file system cannot say."""
+    try:
+        filesystem, path = resolve(uri, storage)
+        info = filesystem.get_file_info(path)
+    except (OSError, ValueError, pa.ArrowException):
+        return None
+    if info.type == pafs.FileType.NotFound or info.mtime_ns is None:
+        return None
+    return info.mtime_ns // 1_000_000 * 1000
+
+
+def copy_tree(source: str, target: str, storage: StorageOptions | None = None) -> None:
+    """Copy a folder, replacing what is at `target`."""
+    filesystem, path = resolve(source, storage)
+    _, destination = resolve(target, storage)
+    remove_tree(target, storage)
+    for info in filesystem.get_file_info(pafs.FileSelector(path, recursive=True)):
+        if info.type == pafs.FileType.File:
+            copied = posixpath.join(destination, posixpath.relpath(info.path, path))
+            filesystem.create_dir(posixpath.dirname(copied), recursive=True)
+            filesystem.copy_file(info.path, copied)
+
+
 def list_files(uri: str, storage: StorageOptions | None = None) -> list[str]:
     """Base names of the files directly under a folder (empty if it does not exist)."""
     filesystem, path = resolve(uri, storage)

@@ -20,7 +20,9 @@ from urllib.parse import unquote
 import pandas as pd
 
 from orchard.config import IMAGE_EXTENSIONS, RunConfig
+from orchard.engine import engine_for
 from orchard.errors import ConfigError, OrchardError
+from orchard.io import fs
 
 MANIFEST_COLUMNS = ["path", "rel", "label", "split", "size", "modified_us"]  # + list_error for local fixes
 # The listing reads no file content, so a file costs nothing to "open": plan partitions by the files' bytes
@@ -46,7 +48,7 @@ def list_images(spark, root: str) -> pd.DataFrame:
     Spark treats names starting with '.' or '_' as hidden and does not list them. Zero-byte files are
     listed (with size 0) so that they end up in errors/ rather than vanish.
     """
-    qualified_root = qualify(spark, root)
+    qualified_root = engine_for(spark).qualify(root)
     local = qualified_root.startswith("file:")
     with _session_conf(spark, {**LISTING_CONF, **(LOCAL_LISTING_CONF if local else {})}):
         paths, sizes, mtimes = _list(spark, root)
@@ -75,12 +77,12 @@ def _list(spark, root: str) -> tuple[list[str], list[int], list]:
         raise
     paths, sizes, mtimes = frame["path"].tolist(), frame["length"].tolist(), frame["modified"].tolist()
     # Spark's scan drops zero-byte files; the file index still has them, and they must be accounted for.
-    index = source._jdf.inputFiles()
+    index = source.inputFiles()
     if len(index) != len(paths):
         listed = set(paths)
-        empty = {_hadoop_path_string(uri): uri for uri in index if _hadoop_path_string(uri) not in listed}
-        paths, sizes = paths + list(empty), sizes + [0] * len(empty)
-        mtimes = mtimes + [_modified_us(spark, uri) for uri in empty.values()]
+        empty = sorted({_hadoop_path_string(uri) for uri in index} - listed)
+        paths, sizes = paths + empty, sizes + [0] * len(empty)
+        mtimes = mtimes + [fs.modified_us(path) for path in empty]
     return paths, sizes, mtimes
 
 
@@ -159,29 +161,10 @@ def _unlisted_reason(path: str) -> str:
     return "not listed by Spark (unreadable or special file)"
 
 
-def _modified_us(spark, uri: str) -> int | None:
-    """Modification time of one file from its Hadoop file system (None if it vanished meanwhile)."""
-    jvm = spark.sparkContext._jvm
-    path = jvm.org.apache.hadoop.fs.Path(jvm.java.net.URI(uri))
-    try:
-        status = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).getFileStatus(path)
-    except Exception:  # py4j wraps FileNotFoundException; the read stage reports the file
-        return None
-    return int(status.getModificationTime()) * 1000
-
-
 def _hadoop_path_string(uri: str) -> str:
     """file:///a%20b -> file:/a b: the form of binaryFile's `path` column (Hadoop Path.toString)."""
     decoded = unquote(uri)
     return "file:" + decoded[len("file://"):] if decoded.startswith("file:///") else decoded
-
-
-def qualify(spark, root: str) -> str:
-    """The root as Spark writes paths in binaryFile's `path` column (e.g. file:/abs/dir)."""
-    jvm = spark.sparkContext._jvm
-    path = jvm.org.apache.hadoop.fs.Path(root)
-    filesystem = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-    return str(filesystem.makeQualified(path).toString()).rstrip("/")
 
 
 def build_manifest(paths: list[str], sizes: list[int], mtimes: list, root: str) -> pd.DataFrame:
