@@ -2,11 +2,17 @@
 
     python benchmarks/bench.py --sizes 2000            # the README's quick benchmark
     python benchmarks/bench.py --sizes 2000 10000 67692 --baselines reference fair --int8
+    python benchmarks/bench.py --sizes 2000 10000 --engines classic connect other --other-pyspark DIR
 
 For each size N it generates (once, then reuses) N 100x100 JPEGs over 131 classes under benchmarks/data/,
 runs `orchard run` in a fresh process (its own Spark JVM, as a user would), samples the memory of the
 driver, the JVM and the Python workers while it runs, and reads the stage timings from run.json.
 Results go to benchmarks/results/<date>-<sizes>.json and .md (a markdown table the README quotes).
+
+`--engines` runs each size on several engines back to back: `classic` (this environment's pyspark),
+`connect` (the same pyspark 4.x as a Spark Connect server in the run's process, `--remote local[*]`) and
+`other` (classic on the pyspark installed in `--other-pyspark DIR`, e.g. by
+`pip install --no-deps --target DIR 'pyspark>=3.5,<3.6'`, put first on PYTHONPATH).
 """
 
 from __future__ import annotations
@@ -193,10 +199,37 @@ def record_class_data(data: Path, work: Path, extra: list[str]) -> None:
         time.sleep(1)
 
 
+ENGINES = ("classic", "connect", "other")
+
+
+def engine_plan(engine: str, other_pyspark: str | None) -> tuple[list[str], dict[str, str] | None]:
+    """(extra `orchard run` options, environment additions) for one engine."""
+    if engine == "connect":
+        return ["--remote", "local[*]"], None
+    if engine == "other":
+        if not other_pyspark:
+            raise SystemExit("--engines other needs --other-pyspark DIR (a folder with another pyspark installed)")
+        return [], {"PYTHONPATH": os.pathsep.join(filter(None, [other_pyspark, os.environ.get("PYTHONPATH")]))}
+    return [], None
+
+
+def warm_other(data: Path, work: Path, extra: list[str], env_extra: dict[str, str]) -> None:
+    """An unmeasured run on the other pyspark, so that its driver JVM's class-data archive exists as well."""
+    from orchard.featurize.weights import orchard_cache_dir
+
+    archives = orchard_cache_dir() / "jvm"
+    before = set(archives.glob("*.jsa")) if archives.is_dir() else set()
+    run_orchard(data, work / "record-class-data-other", [*extra, "--limit", "100"], env_extra)
+    deadline = time.monotonic() + 120
+    while archives.is_dir() and not set(archives.glob("*.jsa")) - before and time.monotonic() < deadline:
+        time.sleep(1)  # none new after 120 s: it already existed, or class data is off
+
+
 def row(size: int, result: dict, ceiling: float) -> dict:
     info, timings = result["info"], result["info"]["timings"]
     total = timings["total"]
     return {
+        "engine": info["spark"].get("engine", "classic"), "spark": info["spark"].get("version"),
         "images": size, "ok": info["counts"]["ok"], "seconds": round(total, 1),
         "images_per_s": round(size / total, 1),
         "featurize_images_per_s": round(size / timings["featurize"], 1),
@@ -216,15 +249,16 @@ def markdown(report: dict) -> str:
         f"Python {m['python']}, pyspark {m['pyspark']}, onnxruntime {m['onnxruntime']}; weights "
         f"{report['weights']}. ONNX Runtime alone (2 threads): {report['ceiling']:.0f} images/s.",
         "",
-        "| images | end-to-end s | images/s | featurise images/s | share of ORT alone | listing s | "
+        "| engine | images | end-to-end s | images/s | featurise images/s | share of ORT alone | listing s | "
         "featurise s (worker s: read / decode+resize / inference) | write s | PCA s | "
         "peak driver / JVM / worker / total MB | output MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["runs"]:
         s, w, mem = r["stages_s"], r["worker_s"], r["peak_memory_mb"]
+        engine = f"{r.get('engine', 'classic')} {r.get('spark') or m['pyspark']}"
         lines.append(
-            f"| {r['images']} | {r['seconds']} | {r['images_per_s']} | {r['featurize_images_per_s']} | "
+            f"| {engine} | {r['images']} | {r['seconds']} | {r['images_per_s']} | {r['featurize_images_per_s']} | "
             f"{100 * r['share_of_ort_alone']:.0f}% | {s['listing']} | {s['featurize']} ({w['read']} / "
             f"{w['preprocess']} / {w['inference']}) | {s['write']} | {s['pca']} | {mem['driver_mb']} / "
             f"{mem['jvm_mb']} / {mem['python_worker_mb']} / {mem['total_mb']} | {r['output_mb']} |")
@@ -270,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="how long to time ONNX Runtime alone (the inference ceiling)")
     parser.add_argument("--render", metavar="RESULTS_JSON",
                         help="only rewrite the markdown table of an earlier results file, and print it")
+    parser.add_argument("--engines", nargs="+", default=["classic"], choices=ENGINES,
+                        help="engines to run each size on, back to back (default: classic)")
+    parser.add_argument("--other-pyspark", metavar="DIR", help="folder holding another pyspark (engine `other`)")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="after --: extra `orchard run` options")
     args = parser.parse_args(argv)
     if args.render:
@@ -283,12 +320,17 @@ def main(argv: list[str] | None = None) -> int:
     report = {"date": datetime.date.today().isoformat(), "machine": machine(), "weights": args.weights,
               "ceiling": ceiling, "extra_options": extra, "runs": [], "baselines": [], "int8": None,
               "class_data_off": None}
+    plans = {engine: engine_plan(engine, args.other_pyspark) for engine in args.engines}
     record_class_data(dataset(min(args.sizes), Path(args.data)), Path(args.work), extra)
+    if "other" in plans:
+        warm_other(dataset(min(args.sizes), Path(args.data)), Path(args.work), extra, plans["other"][1])
     for size in args.sizes:
         data = dataset(size, Path(args.data))
-        result = run_orchard(data, Path(args.work) / f"fruits-{size}", extra)
-        report["runs"].append(row(size, result, ceiling))
-        print(json.dumps(report["runs"][-1]), flush=True)
+        for engine, (options, env_extra) in plans.items():
+            suffix = "" if engine == args.engines[0] else f"-{engine}"
+            result = run_orchard(data, Path(args.work) / f"fruits-{size}{suffix}", [*extra, *options], env_extra)
+            report["runs"].append(row(size, result, ceiling))
+            print(json.dumps(report["runs"][-1]), flush=True)
     smallest = min(report["runs"], key=lambda r: r["images"])
     if args.class_data_off:
         size = smallest["images"]
