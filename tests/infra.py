@@ -22,6 +22,10 @@ import pyspark
 
 SPARK_HOME = Path(pyspark.__file__).resolve().parent
 S3A_JARS = ("hadoop-aws-3.3.1.jar", "aws-java-sdk-bundle-1.11.901.jar")
+# Spark 4's Hadoop 3.4 names AWS SDK v2 classes as its default s3a credential providers; hadoop-aws 3.3.1 has
+# SDK v1, so with these jars the environment provider is named explicitly (a real cluster uses matching jars).
+S3A_JARS_CONF = {} if pyspark.__version__.startswith("3.") else {
+    "spark.hadoop.fs.s3a.aws.credentials.provider": "com.amazonaws.auth.EnvironmentVariableCredentialsProvider"}
 AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "orchard-test-key",
     "AWS_SECRET_ACCESS_KEY": "orchard-test-secret-never-printed",
@@ -100,6 +104,29 @@ def connect_server(log: Path, master: str = "local[2]", conf: dict[str, str] | N
         yield f"sc://127.0.0.1:{port}"
     finally:
         stop(process)
+
+
+def other_pyspark(cache: Path) -> tuple[Path, str]:
+    """The pyspark of the other supported major (3.5 beside 4.x, 4.x beside 3.5), installed once into the cache
+    without dependencies (both use py4j 0.10.9.9 and this venv's pandas/pyarrow); returns (folder to put first
+    on PYTHONPATH, its version)."""
+    spec = "pyspark>=3.5,<3.6" if pyspark.__version__.startswith("4.") else "pyspark>=4,<5"
+    folder = cache / ("pyspark-3.5" if spec.endswith("3.6") else "pyspark-4")
+    if not folder.is_dir():  # installed beside it, then renamed: an interrupted install is never used
+        partial = folder.with_name(folder.name + f".{os.getpid()}.part")
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(partial), spec],
+                       check=True, timeout=900)
+        partial.rename(folder)
+    version = subprocess.run([sys.executable, "-c", "import pyspark; print(pyspark.__version__)"], check=True,
+                             capture_output=True, text=True, env=with_pyspark(folder), timeout=60).stdout.strip()
+    return folder, version
+
+
+def with_pyspark(folder: Path) -> dict[str, str]:
+    """This environment with `folder`'s pyspark first on the path (for the driver and its Python workers)."""
+    env = {key: value for key, value in os.environ.items() if key != "SPARK_HOME"}
+    env["PYTHONPATH"] = os.pathsep.join([str(folder), *filter(None, [env.get("PYTHONPATH")])])
+    return env
 
 
 def s3a_jars(cache: Path) -> list[Path]:

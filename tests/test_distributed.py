@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 from infra import (
     AWS_ENV,
+    S3A_JARS_CONF,
     SPARK_HOME,
     moto_server,
     process_children,
@@ -136,7 +137,9 @@ def test_s3a_input_to_s3a_output_through_a_real_s3_server(s3, collection, local_
         client.upload_file(str(path), "fruits", f"in/fruits/{path.relative_to(collection)}")
     result = orchard("run", "s3a://fruits/in/fruits", "--output", "s3a://fruits/out", "--weights", "random",
                      "--k", "5", "--s3-endpoint", endpoint, "--s3-region", "eu-west-1",
-                     "--conf", f"spark.jars={','.join(map(str, jars))}", env=AWS_ENV)
+                     "--conf", f"spark.jars={','.join(map(str, jars))}",
+                     *[part for key, value in S3A_JARS_CONF.items() for part in ("--conf", f"{key}={value}")],
+                     env=AWS_ENV)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "images 200  classes 4  ok 200  errors 0" in result.stdout
 

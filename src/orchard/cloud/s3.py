@@ -17,6 +17,15 @@ from urllib.parse import urlparse
 from orchard.io.fs import S3_SCHEMES, StorageOptions
 
 EMR_MARKER = Path("/mnt/var/lib/info/job-flow.json")
+# Hadoop 3.4 (Spark 4) writes these s3a durations with units ("60s", "24h"); older hadoop-aws jars (3.3.x,
+# e.g. the ones pip users add to Spark 3.5) read them as plain numbers and fail. The same defaults as plain
+# numbers, in the units both versions assume, work with either jar.
+S3A_PLAIN_DURATIONS = {
+    "spark.hadoop.fs.s3a.connection.establish.timeout": "30000",  # ms
+    "spark.hadoop.fs.s3a.connection.timeout": "200000",  # ms
+    "spark.hadoop.fs.s3a.threads.keepalivetime": "60",  # s
+    "spark.hadoop.fs.s3a.multipart.purge.age": "86400",  # s
+}
 
 
 def uses_s3(*uris: str) -> bool:
@@ -36,6 +45,7 @@ def spark_conf(storage: StorageOptions, *uris: str) -> dict[str, str]:
     conf: dict[str, str] = {}
     if not on_emr():
         conf["spark.hadoop.fs.s3.impl"] = "org.apache.hadoop.fs.s3a.S3AFileSystem"
+        conf.update(S3A_PLAIN_DURATIONS)
     if storage.endpoint:
         parsed = urlparse(storage.endpoint if "://" in storage.endpoint else f"https://{storage.endpoint}")
         conf["spark.hadoop.fs.s3a.endpoint"] = f"{parsed.scheme}://{parsed.netloc}"
