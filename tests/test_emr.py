@@ -24,7 +24,7 @@ from botocore.stub import Stubber
 from infra import AWS_ENV, moto_server
 
 from orchard.cli import main
-from orchard.cloud import doctor, emr, emr_cli, emr_config, emr_cost, emr_driver
+from orchard.cloud import doctor, emr, emr_cli, emr_config, emr_cost, emr_driver, serverless
 from orchard.errors import ConfigError
 from orchard.io import fs
 from orchard.sample import SampleSpec, make_sample
@@ -171,7 +171,7 @@ def use_clients(monkeypatch, **clients) -> None:
 def test_example_config_loads_and_plans(capsys):
     config = emr_config.load_config(REPO / "deploy" / "emr.example.toml")
     assert (config.region, config.release_label, config.core.count, config.core.market) == (
-        "eu-west-3", "emr-7.13.0", 2, "ON_DEMAND")
+        "eu-west-3", "emr-spark-8.1.0", 2, "ON_DEMAND")
     assert config.task is not None and config.groups == (config.master, config.core)  # count 0: no task group
     code, out, _ = cli(capsys, "plan", "-c", str(REPO / "deploy" / "emr.example.toml"))
     assert code == 0
@@ -185,6 +185,10 @@ def test_example_config_loads_and_plans(capsys):
     ("[master]\ncount = 3", "master.count = 3 is not valid; use exactly 1"),
     ("[master]\nmarket = 'spot'", "master.market = 'spot' is not valid"),
     ("release_label = 'emr-6.15.0'", "release_label = 'emr-6.15.0' is not valid"),
+    ("release_label = 'emr-spark-8.1'", "release_label = 'emr-spark-8.1' is not valid; use an emr-spark-8.x.y label"),
+    ("release_label = 'emr-8.1.0'", "release_label = 'emr-8.1.0' is not valid; use an emr-spark-8.x.y label"),
+    ("[serverless]\nexecution_role_arn = 'arn:aws:iam::123456789012:role/r'\narchive = 'e.tar.gz'\n"
+     "release_label = 'emr-spark-9.0.0'", "serverless.release_label = 'emr-spark-9.0.0' is not valid"),
     ("idle_timeout_minutes = '30'", "idle_timeout_minutes = '30' must be a int"),
     ("idle_timeout_minutes = 0", "idle_timeout_minutes = 0 is not valid; use 1 to 10080 minutes"),
     ("input = '/data/fruits'", "input = '/data/fruits' is not valid; use an s3:// URI"),
@@ -204,13 +208,70 @@ def test_config_mistakes_are_one_line_errors_naming_the_key(change, message):
     assert str(raised.value).startswith("emr.toml: ")
 
 
-def test_spark4_release_is_allowed_with_a_warning(tmp_path, capsys):
-    path = write_config(tmp_path, 'release_label = "emr-spark-8.0.0"')
+def test_default_release_is_emr_spark_8_1_0():
+    config = emr_config.parse_config({"bucket": "b-eu", "input": "s3://b-eu/in", "output": "s3://b-eu/out"})
+    assert config.release_label == emr_config.DEFAULT_RELEASE == "emr-spark-8.1.0"
+    assert (emr_config.spark_generation(config.release_label), emr_config.spark_version(config.release_label)) == (
+        4, "4.1.1")
+    request = emr.job_flow_request(config, RUN_ID, emr.Artifacts(config.run_uri(RUN_ID), "unused"))
+    assert request["ReleaseLabel"] == "emr-spark-8.1.0"
+    assert request["Applications"] == [{"Name": "Spark"}]  # emr-spark-8 releases have no Hadoop application
+    with pytest.raises(ConfigError, match=r"--jupyter needs JupyterHub.*release_label = \"emr-7\.13\.0\"") as raised:
+        emr.job_flow_request(config, RUN_ID, emr.Artifacts(config.run_uri(RUN_ID), "unused"), jupyter=True)
+    assert "\n" not in str(raised.value)
+
+
+def test_emr_7_labels_are_still_accepted(aws, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(emr, "installed_pyspark", lambda: "3.5.6")
+    path = write_config(tmp_path, 'release_label = "emr-7.13.0"')
     config = emr_config.load_config(path)
-    assert emr_config.spark_generation(config.release_label) == 4
+    assert (emr_config.spark_generation(config.release_label), emr_config.spark_version(config.release_label)) == (
+        3, "3.5.6")
+    assert emr_config.spark_version("emr-7.2.0") == "3.5" and emr_config.spark_version("emr-spark-8.9.0") == "4"
+    request = emr.job_flow_request(config, RUN_ID, emr.Artifacts(config.run_uri(RUN_ID), "unused"), jupyter=True)
+    assert [app["Name"] for app in request["Applications"]] == ["Spark", "Hadoop", "JupyterHub", "Livy"]
+    assert request["Configurations"][1]["Classification"] == "jupyter-s3-conf"
+    cluster_id = aws.client("emr").run_job_flow(**request)["JobFlowId"]
+    cluster = aws.client("emr").describe_cluster(ClusterId=cluster_id)["Cluster"]
+    assert cluster["ReleaseLabel"] == "emr-7.13.0"
+    assert [app["Name"] for app in cluster["Applications"]] == ["Spark", "Hadoop", "JupyterHub", "Livy"]
+    code, out, err = cli(capsys, "plan", "-c", str(path), "--jupyter")
+    assert code == 0 and "emr-7.13.0, applications Spark, Hadoop, JupyterHub, Livy" in out and err == ""
+
+
+def test_release_warning_when_the_local_pyspark_has_another_major_version(tmp_path, capsys, monkeypatch):
+    warning = emr.release_warning("emr-spark-8.1.0", local_pyspark="3.5.6")
+    assert warning is not None and "\n" not in warning
+    assert "emr-spark-8.1.0 runs Spark 4.1.1 but the local pyspark is 3.5.6" in warning
+    assert "pip install 'pyspark==4.1.*'" in warning
+    warning = emr.release_warning("emr-7.13.0", local_pyspark="4.1.1")
+    assert "emr-7.13.0 runs Spark 3.5.6 but the local pyspark is 4.1.1" in warning and "'pyspark==3.5.*'" in warning
+    assert emr.release_warning("emr-spark-8.1.0", local_pyspark="4.0.1") is None  # same major: no warning
+    assert emr.release_warning("emr-7.13.0", local_pyspark="3.5.3") is None
+    monkeypatch.setattr(emr, "installed_pyspark", lambda: None)
+    assert emr.release_warning("emr-7.13.0") is None  # nothing installed here to compare with
+
+    path = write_config(tmp_path)  # the default release, emr-spark-8.1.0
+    monkeypatch.setattr(emr, "installed_pyspark", lambda: "3.5.6")
     code, out, err = cli(capsys, "plan", "-c", str(path))
-    assert code == 0 and "emr-spark-8.0.0" in out
-    assert "runs Spark 4 while orchard pins pyspark 3.5" in err
+    assert code == 0 and "emr-spark-8.1.0, applications Spark" in out
+    assert err.count("\n") == 1 and "runs Spark 4.1.1 but the local pyspark is 3.5.6" in err
+    monkeypatch.setattr(emr, "installed_pyspark", lambda: "4.1.1")
+    code, _, err = cli(capsys, "plan", "-c", str(path))
+    assert code == 0 and err == ""
+
+
+def test_malformed_release_labels_are_one_line_errors(tmp_path, capsys):
+    for label in ("emr-spark-8", "emr-7.13", "spark-4.1.1", "EMR-7.13.0"):
+        with pytest.raises(ConfigError) as raised:
+            emr_config.spark_generation(label)
+        assert f"release_label {label!r} is not a supported EMR release label" in str(raised.value)
+        assert "\n" not in str(raised.value)
+    path = write_config(tmp_path, 'release_label = "emr-spark-8.1"')
+    code, out, err = cli(capsys, "plan", "-c", str(path))
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "release_label = 'emr-spark-8.1' is not valid; use an emr-spark-8.x.y label (Spark 4; default " \
+           "emr-spark-8.1.0) or emr-7.x.y (Spark 3.5, e.g. emr-7.13.0)" in err
 
 
 def test_non_eu_regions_are_refused_unless_allowed(tmp_path, capsys):
@@ -279,7 +340,7 @@ def test_run_job_flow_request_is_exactly_what_the_config_says(aws, tmp_path):
     assert artifacts.wheel_uri == f"{base}/orchard-0.1.0-py3-none-any.whl"
     step = emr.spark_step(config, RUN_ID, artifacts.driver_uri, terminate_after=True)
     recorded.load("auto_termination", "policy_missing", cluster_id="j-PLACEHOLDER", check_params=False)
-    state, request = emr.launch(aws, config, RUN_ID, steps=[step], keep_alive=False, jupyter=True,
+    state, request = emr.launch(aws, config, RUN_ID, steps=[step], keep_alive=False, jupyter=False,
                                 artifacts=artifacts, hourly=1.5)
     recorded.stubber.assert_no_pending_responses()  # the policy was read, found missing and put
     group = {"EbsConfiguration": {"EbsBlockDeviceConfigs": [{"VolumeSpecification": {"VolumeType": "gp3"},
@@ -293,14 +354,12 @@ def test_run_job_flow_request_is_exactly_what_the_config_says(aws, tmp_path):
 
     expected = {
         "Name": f"orchard-{RUN_ID}",
-        "ReleaseLabel": "emr-7.13.0",
+        "ReleaseLabel": "emr-spark-8.1.0",  # the default: no release_label in the config
         "LogUri": f"s3://{BUCKET}/orchard/logs/",
-        "Applications": [{"Name": "Spark"}, {"Name": "Hadoop"}, {"Name": "JupyterHub"}, {"Name": "Livy"}],
+        "Applications": [{"Name": "Spark"}],
         "Configurations": [
             {"Classification": "spark-env", "Properties": {}, "Configurations": [
-                {"Classification": "export", "Properties": {"PYSPARK_PYTHON": "/opt/orchard/bin/python"}}]},
-            {"Classification": "jupyter-s3-conf",
-             "Properties": {"s3.persistence.enabled": "true", "s3.persistence.bucket": BUCKET}}],
+                {"Classification": "export", "Properties": {"PYSPARK_PYTHON": "/opt/orchard/bin/python"}}]}],
         "Instances": {
             "InstanceGroups": [instance_group("master", "MASTER", "ON_DEMAND", "m5.xlarge", 1, 32),
                                instance_group("core", "CORE", "SPOT", "m5.2xlarge", 2, 64),
@@ -329,9 +388,9 @@ def test_run_job_flow_request_is_exactly_what_the_config_says(aws, tmp_path):
 
     cluster = live.describe_cluster(ClusterId=state.cluster_id)["Cluster"]  # moto's view of the request
     assert (cluster["ReleaseLabel"], cluster["LogUri"], cluster["AutoTerminate"]) == (
-        "emr-7.13.0", f"s3://{BUCKET}/orchard/logs/", True)
+        "emr-spark-8.1.0", f"s3://{BUCKET}/orchard/logs/", True)
     assert {"Key": "orchard:run", "Value": RUN_ID} in cluster["Tags"]
-    assert [app["Name"] for app in cluster["Applications"]] == ["Spark", "Hadoop", "JupyterHub", "Livy"]
+    assert [app["Name"] for app in cluster["Applications"]] == ["Spark"]
     assert cluster["Configurations"][0]["Configurations"][0]["Properties"] == {
         "PYSPARK_PYTHON": "/opt/orchard/bin/python"}
     groups = live.list_instance_groups(ClusterId=state.cluster_id)["InstanceGroups"]
@@ -393,7 +452,8 @@ def test_waiting_for_a_step_is_bounded_and_counts_committed_shards(aws, tmp_path
 
 def test_cli_up_jupyter_status_run_download_down(aws, tmp_path, wheel, capsys, monkeypatch):
     make_bucket(aws)
-    path = write_config(tmp_path, f'wheel = "{wheel}"')
+    # JupyterHub exists on emr-7.x only (emr-spark-8 releases do not include it): up --jupyter needs such a label
+    path = write_config(tmp_path, f'wheel = "{wheel}"\nrelease_label = "emr-7.13.0"')
     (tmp_path / "notebooks").mkdir()
     (tmp_path / "notebooks" / "walkthrough.ipynb").write_text('{"cells": []}')
     recorded = RecordedEmr(aws.client("emr"))
@@ -585,8 +645,12 @@ def test_serverless_application_job_run_status_logs_down(aws, tmp_path, capsys, 
         info = tarfile.TarInfo("bin/python")
         tar.addfile(info, io.BytesIO(b""))
     role = "arn:aws:iam::123456789012:role/orchard-serverless-job"
-    path = write_config(tmp_path, text=CONFIG + f'\n[serverless]\nexecution_role_arn = "{role}"\n'
-                                                f'archive = "{archive}"\nmax_vcpu = 16\n')
+    table = f'\n[serverless]\nexecution_role_arn = "{role}"\narchive = "{archive}"\nmax_vcpu = 16\n'
+    default = emr_config.load_config(write_config(tmp_path, text=CONFIG + table))
+    assert serverless.application_request(default, RUN_ID)["releaseLabel"] == "emr-spark-8.1.0"  # the default
+    # moto 5.2.5's create_application accepts only labels like emr-X.Y.0 (regex emr-[0-9]\.[0-9]{1,2}\.0) and
+    # refuses emr-spark-8.1.0, so this run names emr-7.13.0 in [serverless] (the default is checked just above).
+    path = write_config(tmp_path, text=CONFIG + table + 'release_label = "emr-7.13.0"\n')
     client = boto3.client("emr-serverless", region_name=REGION)
     created, started = capture(client, "emr-serverless.CreateApplication"), capture(client,
                                                                                     "emr-serverless.StartJobRun")

@@ -3,9 +3,11 @@
 One run = one run id (`orchard:run` tag on every cluster, object and application it creates). Its artifacts
 (the orchard wheel, the bootstrap script that installs it in a Python 3.11 venv on every node, the step's
 driver script) go to `s3://BUCKET/PREFIX/RUN_ID/`, the cluster's logs to `s3://BUCKET/PREFIX/logs/`. The
-step is `spark-submit --deploy-mode cluster` through `command-runner.jar`. Auto-termination (idle timeout)
-is always set and checked after creation. What `orchard emr` created is remembered in
-`.orchard/emr-state.json` (ids, region, never credentials). Credentials come only from the AWS chain.
+step is `spark-submit --deploy-mode cluster` through `command-runner.jar`. Both release families work the same
+way, emr-spark-8.x.y (Spark 4, the default) and emr-7.x.y (Spark 3.5): pyspark always comes from the cluster's
+Spark, never from pip. Auto-termination (idle timeout) is always set and checked after creation. What
+`orchard emr` created is remembered in `.orchard/emr-state.json` (ids, region, never credentials).
+Credentials come only from the AWS chain.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from orchard.cloud.emr_config import EmrConfig, NodeGroup, spark_generation
+from orchard.cloud.emr_config import EmrConfig, NodeGroup, spark_generation, spark_version
 from orchard.cloud.emr_driver import SCRIPT as DRIVER_SCRIPT
 from orchard.errors import ConfigError, OrchardError
 from orchard.io import fs
@@ -55,12 +57,33 @@ def check_region(region: str, allow_non_eu: bool = False) -> None:
                       "--allow-non-eu-region if your data may lawfully be processed there")
 
 
-def release_warning(release_label: str) -> str | None:
-    """A warning for Spark 4 release labels (orchard's driver-side pyspark is pinned to 3.5)."""
-    if spark_generation(release_label) == 4:
-        return (f"warning: {release_label} runs Spark 4 while orchard pins pyspark 3.5 (pyproject); the cluster's "
-                "Spark is used on EMR, but this combination is untested")
-    return None
+def installed_pyspark() -> str | None:
+    """The version of the pyspark installed here (None when there is none)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("pyspark")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def release_warning(release_label: str, local_pyspark: str | None = None) -> str | None:
+    """One warning line when the cluster's Spark major version differs from the local pyspark's, else None.
+
+    `local_pyspark` defaults to the installed pyspark's version. The step's driver runs on the cluster with the
+    cluster's Spark either way; what must match is a notebook or Spark Connect client here talking to it.
+    """
+    local = local_pyspark or installed_pyspark()
+    if local is None:
+        return None
+    cluster = spark_version(release_label)
+    local_major = re.match(r"\d+", local)
+    if local_major is None or int(local_major.group()) == spark_generation(release_label):
+        return None
+    line = ".".join(cluster.split(".")[:2])
+    return (f"warning: {release_label} runs Spark {cluster} but the local pyspark is {local}: `orchard emr run` is "
+            f"unaffected (the driver runs on the cluster), but a notebook or Spark Connect client here talking to "
+            f"it needs pyspark {line}.x (pip install 'pyspark=={line}.*')")
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -147,7 +170,14 @@ def upload_driver(aws: Aws, run_uri: str, run_id: str) -> str:
 
 
 def bootstrap_script(wheel_uri: str, requirements: list[str]) -> str:
-    """The bootstrap action: Python 3.11 (Amazon Linux 2023 packages), a venv in /opt/orchard, orchard in it."""
+    """The bootstrap action: Python 3.11 (Amazon Linux 2023 packages), a venv in /opt/orchard, orchard in it.
+
+    The same script serves both release families: emr-7.x nodes get python3.11 from dnf, emr-spark-8.x nodes
+    ship Python 3.11 (and 3.13) already, so dnf finds it installed. `requirements` must leave pyspark out
+    (package.runtime_requirements does) and the wheel goes in with --no-deps, so pip never installs a pyspark
+    from PyPI over the cluster's own: Spark puts its pyspark (3.5.x or 4.x) on the Python path of the driver
+    and the executors.
+    """
     wheel = posixpath.basename(wheel_uri)
     pip = f"sudo {VENV}/bin/python -m pip install -q"
     return "\n".join([
@@ -219,6 +249,17 @@ def instance_group(group: NodeGroup) -> dict:
     }
 
 
+def applications(release_label: str, jupyter: bool = False) -> list[str]:
+    """The EMR applications to install. emr-7.x lists Hadoop (YARN, HDFS) and offers JupyterHub; emr-spark-8.x
+    releases offer Spark (on YARN), Livy and JupyterEnterpriseGateway, but neither Hadoop nor JupyterHub."""
+    if spark_generation(release_label) == 3:
+        return ["Spark", "Hadoop", *(["JupyterHub", "Livy"] if jupyter else [])]
+    if jupyter:
+        raise ConfigError(f"--jupyter needs JupyterHub, which {release_label} (like every emr-spark-8 release) does "
+                          'not include; set release_label = "emr-7.13.0" (Spark 3.5.6) in the config for up --jupyter')
+    return ["Spark"]
+
+
 def configurations(config: EmrConfig, jupyter: bool = False) -> list[dict]:
     """Configuration classifications: Spark's Python is the bootstrap venv; JupyterHub notebooks persist in S3."""
     result = [{"Classification": "spark-env", "Properties": {}, "Configurations": [
@@ -252,7 +293,7 @@ def spark_step(config: EmrConfig, run_id: str, driver_uri: str, *, terminate_aft
 def job_flow_request(config: EmrConfig, run_id: str, artifacts: Artifacts, *, steps: list[dict] | None = None,
                      keep_alive: bool = True, jupyter: bool = False) -> dict:
     """The complete run_job_flow request for the config (pure: nothing is called)."""
-    applications = ["Spark", "Hadoop", *(["JupyterHub", "Livy"] if jupyter else [])]
+    names = applications(config.release_label, jupyter)
     instances: dict[str, Any] = {
         "InstanceGroups": [instance_group(group) for group in config.groups],
         "KeepJobFlowAliveWhenNoSteps": keep_alive,
@@ -266,7 +307,7 @@ def job_flow_request(config: EmrConfig, run_id: str, artifacts: Artifacts, *, st
         "Name": f"{config.name}-{run_id}",
         "ReleaseLabel": config.release_label,
         "LogUri": config.log_uri,
-        "Applications": [{"Name": name} for name in applications],
+        "Applications": [{"Name": name} for name in names],
         "Configurations": configurations(config, jupyter),
         "Instances": instances,
         "BootstrapActions": [{"Name": "install orchard",

@@ -21,9 +21,16 @@ except ModuleNotFoundError:  # Python 3.10
 
 DEFAULT_PATH = "emr.toml"
 DEFAULT_REGION = "eu-west-3"
-DEFAULT_RELEASE = "emr-7.13.0"  # Spark 3.5.6, Python 3.11 available, Amazon Linux 2023 (April 2026)
+# The newest EMR LTS release: Spark 4.1.1 (JDK 17), Python 3.11 and 3.13; released 8 September 2026 (LTS),
+# standard support until 7 September 2029. emr-7.x (e.g. emr-7.13.0: Spark 3.5.6, Amazon Linux 2023 with
+# python3.11 packages) stays accepted: set release_label = "emr-7.13.0" for Spark 3.5 or for `up --jupyter`.
+DEFAULT_RELEASE = "emr-spark-8.1.0"
 MARKETS = {"on_demand": "ON_DEMAND", "spot": "SPOT"}
-RELEASE_PATTERN = re.compile(r"^emr-(?:(?P<major>\d+)\.\d+\.\d+|spark-(?P<spark>\d+)[.\w-]*)$")
+RELEASE_PATTERN = re.compile(r"^emr-(?:(?P<major>\d+)|spark-(?P<spark>\d+))\.\d+\.\d+$")  # emr-7.x.y, emr-spark-8.x.y
+# Spark in the releases orchard has been checked against (AWS release guide); other labels of a family are named
+# by their Spark line only (every emr-7.x is Spark 3.5.x, every emr-spark-8.x Spark 4.x).
+SPARK_VERSIONS = {"emr-7.13.0": "3.5.6", "emr-spark-8.0.0": "4.0.2", "emr-spark-8.1.0": "4.1.1"}
+RELEASE_FIX = f"an emr-spark-8.x.y label (Spark 4; default {DEFAULT_RELEASE}) or emr-7.x.y (Spark 3.5, e.g. emr-7.13.0)"
 BUCKET_PATTERN = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 INSTANCE_PATTERN = re.compile(r"^[a-z][a-z0-9-]*\.[0-9]*[a-z]+$")
 REGION_PATTERN = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
@@ -145,8 +152,7 @@ def parse_config(data: dict[str, Any], source: str = "config") -> EmrConfig:
                       fix="an S3 bucket name: 3-63 lowercase letters, digits, dots and hyphens")
     region = top.take("region", str, DEFAULT_REGION, check=lambda v: bool(REGION_PATTERN.match(v)),
                       fix="an AWS region code such as eu-west-3")
-    release = top.take("release_label", str, DEFAULT_RELEASE, check=_supported_release,
-                       fix="emr-7.x.y (Spark 3.5, the default) or an emr-spark-8 label (Spark 4)")
+    release = top.take("release_label", str, DEFAULT_RELEASE, check=_supported_release, fix=RELEASE_FIX)
     config = EmrConfig(
         bucket=bucket,
         region=region,
@@ -181,11 +187,15 @@ def parse_config(data: dict[str, Any], source: str = "config") -> EmrConfig:
 
 
 def spark_generation(release_label: str) -> int:
-    """Spark major version of a supported release label: 3 for emr-7.x, 4 for emr-spark-8 labels."""
-    match = RELEASE_PATTERN.match(release_label)
-    if not match:
-        raise ConfigError(f"release_label {release_label!r} is not an EMR release label; use e.g. {DEFAULT_RELEASE}")
-    return 4 if match.group("spark") else 3
+    """Spark major version of a supported release label: 3 for emr-7.x.y, 4 for emr-spark-8.x.y."""
+    if not _supported_release(release_label):
+        raise ConfigError(f"release_label {release_label!r} is not a supported EMR release label; use {RELEASE_FIX}")
+    return 4 if RELEASE_PATTERN.match(release_label).group("spark") else 3
+
+
+def spark_version(release_label: str) -> str:
+    """The Spark a release label runs: the exact version when known (4.1.1 for emr-spark-8.1.0), else its line."""
+    return SPARK_VERSIONS.get(release_label) or ("4" if spark_generation(release_label) == 4 else "3.5")
 
 
 def _supported_release(label: str) -> bool:
@@ -254,8 +264,7 @@ def _serverless(table: _Table) -> ServerlessConfig:
                                           "(deploy/iam/serverless-job-role-policy.json)"),
         archive=table.take("archive", str, check=lambda v: v.endswith((".tar.gz", ".tgz")),
                            fix="a local path or s3:// URI of the `orchard package` archive (.tar.gz)"),
-        release_label=table.take("release_label", str, None, check=_supported_release,
-                                 fix="emr-7.x.y or an emr-spark-8 label"),
+        release_label=table.take("release_label", str, None, check=_supported_release, fix=RELEASE_FIX),
         max_vcpu=table.take("max_vcpu", int, 32, check=lambda v: 1 <= v <= 10000, fix="1 to 10000 vCPUs"),
         max_memory_gb=table.take("max_memory_gb", int, 128, check=lambda v: 1 <= v <= 100000, fix="GB, >= 1"),
         architecture=table.take("architecture", str, "X86_64", check=lambda v: v in ("X86_64", "ARM64"),

@@ -1,7 +1,8 @@
 """EMR Serverless as a target: one application per run, one job run with the packed environment.
 
 No bootstrap actions exist on EMR Serverless, so orchard's Python comes from the `orchard package` archive
-(built on Amazon Linux 2023 with the application's Python), shipped with `spark.archives=...#environment`;
+(built on Amazon Linux 2023 with the application's Python: emr-spark-8.x.y, the default release, has 3.11 and
+3.13; emr-7.x.y labels work too), shipped with `spark.archives=...#environment`;
 driver and executors use `./environment/bin/python`. The application stops itself after the idle timeout.
 Logs land under `s3://BUCKET/PREFIX/logs/serverless/applications/APP/jobs/JOB/SPARK_DRIVER/`.
 """
