@@ -21,26 +21,48 @@ def build_log(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("builds") / "builds.log"
 
 
-ENGINE_ENV = "ORCHARD_TEST_ENGINE"  # "classic" (default) or "connect"
+ENGINE_ENV = "ORCHARD_TEST_ENGINE"  # "classic" (default) or "connect": the engine the suite runs on
+
+
+def on_connect() -> bool:
+    """True when the suite runs on Spark Connect."""
+    return os.environ.get(ENGINE_ENV, "classic") == "connect"
+
+
+def cli_engine_args() -> list[str]:
+    """`orchard run` options that put a CLI subprocess on the engine under test (on Connect, a server of its
+    own inside the process, so that killing the process stops its jobs too)."""
+    return ["--remote", "local[2]"] if on_connect() else []
 
 
 @pytest.fixture(scope="session")
-def spark(build_log, tmp_path_factory):
+def spark_env(build_log) -> None:
+    """What every Spark process of the run inherits: this interpreter for Python workers, the build log."""
     os.environ[BUILD_LOG_ENV] = str(build_log)  # inherited by the JVM and its Python workers
     os.environ["PYSPARK_PYTHON"] = sys.executable
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+
+
+@pytest.fixture(scope="session")
+def connect_url(tmp_path_factory, spark_env):
+    """The sc:// URL of a real Spark Connect server started for the session (None on classic)."""
+    if not on_connect():
+        yield None
+        return
+    from infra import connect_server
+
+    with connect_server(tmp_path_factory.mktemp("connect") / "server.log") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def spark(spark_env, connect_url):
     from orchard.config import SparkOptions
     from orchard.spark import get_session
 
-    if os.environ.get(ENGINE_ENV, "classic") == "connect":  # the suite against a real Spark Connect server
-        from infra import connect_server
-
-        with connect_server(tmp_path_factory.mktemp("connect") / "server.log") as url:
-            session = get_session(SparkOptions(remote=url, app_name="orchard-tests"))
-            yield session
-            session.stop()
-        return
-    session = get_session(SparkOptions(master="local[2]", app_name="orchard-tests"))
+    options = (SparkOptions(remote=connect_url, app_name="orchard-tests") if connect_url
+               else SparkOptions(master="local[2]", app_name="orchard-tests"))
+    session = get_session(options)
     yield session
     session.stop()
 

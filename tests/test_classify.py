@@ -141,6 +141,8 @@ def test_pipeline_model_reloads_in_a_fresh_session_from_the_features_column(spar
     """)
     answer = tmp_path / "reloaded.json"
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"}
+    env.pop("SPARK_CONNECT_MODE_ENABLED", None)  # pyspark sets it in a process with a Connect session; the reload
+    # is a classic session on purpose (on the Connect suite: a model written through Connect, read by classic)
     done = subprocess.run([sys.executable, "-c", script, str(output / "classifier" / "model"),
                            str(output / "features"), str(answer)], capture_output=True, text=True, timeout=180,
                           env=env)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -40,6 +41,37 @@ def test_user_mistakes_are_one_line_without_traceback(args, message):
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert len([line for line in result.stderr.splitlines() if line.startswith("orchard")]) == 1
+
+
+def test_engine_mistakes_are_one_line_errors_naming_the_fix(tmp_path):
+    """A Connect server that is not there (named, without waiting for retries), and a --master that is not one."""
+    from infra import free_port
+
+    (tmp_path / "in" / "a").mkdir(parents=True)
+    port = free_port()  # nothing listens there
+    result = orchard("run", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--weights", "random",
+                     "--remote", f"sc://127.0.0.1:{port}/;token=secret-never-printed")
+    assert result.returncode == 2, result.stderr
+    assert f"cannot reach the Spark Connect server at sc://127.0.0.1:{port}" in result.stderr
+    assert "secret-never-printed" not in result.stderr and "Traceback" not in result.stderr
+    result = orchard("run", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--master", "local[two]")
+    assert result.returncode == 2 and "--master local[two] is not a Spark master URL" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()  # nothing written for a mistake
+
+
+def test_an_unsupported_pyspark_is_named_with_the_install_line(monkeypatch):
+    import pyspark
+
+    from orchard.errors import ConfigError
+    from orchard.spark import _builder
+
+    monkeypatch.setattr(pyspark, "__version__", "3.4.1")
+    with pytest.raises(ConfigError, match=r"pyspark 3\.4\.1 is not supported: install 3\.5\.x or 4\.x"):
+        _builder(connect=False)
+    monkeypatch.setattr(pyspark, "__version__", "3.5.9")
+    with pytest.raises(ConfigError, match=re.escape("Spark Connect needs pyspark 4.x, this is 3.5.9")):
+        _builder(connect=True)
 
 
 def test_missing_input_and_weights_are_one_line_errors(tmp_path):

@@ -39,7 +39,7 @@ def text_of(cell) -> str:
 
 
 @pytest.fixture(scope="module")
-def executed(tmp_path_factory):
+def executed(tmp_path_factory, connect_url):
     """The notebook run top to bottom in a fresh kernel; the test fails on the first failing cell."""
     root = tmp_path_factory.mktemp("notebook")
     work = root / "work"
@@ -50,6 +50,9 @@ def executed(tmp_path_factory):
         "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable,
         "JUPYTER_PATH": str(kernel_spec_dir(root / "jupyter")),
     })
+    if connect_url:  # the notebook on the suite's Spark Connect server, as a user sets it up
+        env.pop("MASTER")
+        env["SPARK_REMOTE"] = connect_url
     env.pop("ORCHARD_NOTEBOOK_INPUT", None)
     env.pop("ORCHARD_NOTEBOOK_OUTPUT", None)
     notebook = nbformat.read(NOTEBOOK, as_version=4)
@@ -64,11 +67,11 @@ def executed(tmp_path_factory):
             os.environ.pop("JUPYTER_PATH")
         else:
             os.environ["JUPYTER_PATH"] = previous
-    return notebook, work
+    return notebook, work, connect_url
 
 
 def test_walkthrough_runs_and_shows_the_run(executed):
-    notebook, work = executed
+    notebook, work, connect_url = executed
     code = [cell for cell in notebook.cells if cell.cell_type == "code"]
     assert all(cell.execution_count is not None for cell in code)
     printed = "\n".join(text_of(cell) for cell in code)
@@ -77,7 +80,10 @@ def test_walkthrough_runs_and_shows_the_run(executed):
     info = json.loads((work / "out" / "run.json").read_text())
     assert (work / "out" / "_SUCCESS").exists()
     assert info["counts"]["listed"] == info["counts"]["ok"] == len(generated) > 0
-    assert info["spark"]["master"] == "local[2]"
+    if connect_url:
+        assert info["spark"]["engine"] == "connect" and info["spark"]["remote"] == connect_url
+    else:
+        assert info["spark"]["engine"] == "classic" and info["spark"]["master"] == "local[2]"
     assert f"generated {len(generated)} images" in printed
     assert f"images {len(generated)}  classes {info['counts']['classes']}  ok {len(generated)}  errors 0" in printed
     assert f"listed {len(generated)}: ok {len(generated)}, errors 0; PCA k={info['pca']['k']}" in printed
@@ -85,21 +91,21 @@ def test_walkthrough_runs_and_shows_the_run(executed):
 
 
 def test_walkthrough_draws_its_figures_inline(executed):
-    notebook, _ = executed
+    notebook, _, _ = executed
     images = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs
               if "image/png" in output.get("data", {})]
     assert len(images) >= 4  # sample images, explained variance, PCA scatter, new images on the scatter
 
 
 def test_walkthrough_projects_new_images_with_the_saved_model(executed):
-    notebook, _ = executed
+    notebook, _, _ = executed
     printed = "\n".join(text_of(cell) for cell in notebook.cells if cell.cell_type == "code")
     assert "saved model reproduces pca/ for 5 rows" in printed
     assert "new images are nearest to their own class centre" in printed
 
 
 def test_walkthrough_trains_and_uses_the_classifier(executed):
-    notebook, work = executed
+    notebook, work, _ = executed
     printed = "\n".join(text_of(cell) for cell in notebook.cells if cell.cell_type == "code")
     metrics = json.loads((work / "out" / "classifier" / "metrics.json").read_text())
     assert json.loads((work / "out" / "run.json").read_text())["classifier"] == metrics

@@ -105,6 +105,8 @@ def test_run_json_describes_the_run(finished, spark):
     assert len(info["shards"]) == 2 and sum(s["count"] for s in info["shards"]) == info["counts"]["listed"]
     assert info["versions"]["pyspark"] == pyspark.__version__
     assert info["spark"]["engine"] == engine_for(spark).kind and info["spark"]["version"] == spark.version
+    if spark.version.startswith("4."):  # Spark 4's default, kept: the suite runs with ANSI SQL on
+        assert spark.conf.get("spark.sql.ansi.enabled").lower() == "true"
     worker = info["timings"]["worker_seconds"]
     assert worker["inference"] > 0 and worker["read"] > 0  # summed from the rows' seconds columns
     assert read_info(str(output))["fingerprint"] == info["fingerprint"]

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import cli_engine_args
 from infra import wait_for
 
 from orchard.config import RunConfig
@@ -84,7 +85,8 @@ def test_verify_cli_exit_codes(reference, tmp_path):
 def test_driver_killed_mid_run_resumes_without_redoing_finished_shards(collection, reference, tmp_path):
     output = tmp_path / "out"
     command = [sys.executable, "-m", "orchard.cli", "run", str(collection), "--output", str(output),
-               "--weights", "random", "--k", "8", "--shard-size", "30", "--images-per-task", "10", "--no-progress"]
+               "--weights", "random", "--k", "8", "--shard-size", "30", "--images-per-task", "10", "--no-progress",
+               *cli_engine_args()]
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"}
     with open(tmp_path / "first.log", "w") as log:
         driver = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
