@@ -147,3 +147,31 @@ def test_incompatible_reruns_are_refused_with_one_line(spark, store, tmp_path, c
     code = main(["run", str(store["data"]), "-o", str(tmp_path / "x"), "--refit-pca", "--weights", "random"])
     assert code == 2 and "--refit-pca only applies" in capsys.readouterr().err
     assert sorted(p.name for p in store["store"].iterdir()) == ["_LATEST", "v=0001", "v=0002"]
+
+
+def test_carried_and_featurised_shard_rows_have_one_schema(spark, store, tmp_path):
+    """Shard rows are read back without mergeSchema: carried rows must have the columns and types of featurised
+    ones (schema.SHARD_ROWS), or a missed column would silently turn into nulls under --incremental."""
+    import pyarrow.dataset as pads
+
+    from orchard import incremental, schema
+    from orchard import spark as sparkglue
+    from orchard.engine import engine_for
+    from orchard.featurize import weights
+    from orchard.io import listing
+    from orchard.output import Layout
+    from orchard.pipeline import _run_shard, worker_settings
+
+    manifest = listing.list_images(spark, str(store["data"])).head(4)
+    incremental.carry_rows(spark, Layout(str(store["store"] / "v=0001")), manifest["path"].tolist(),
+                           str(tmp_path / "carried"))
+    source = weights.resolve("random", 0)
+    model = engine_for(spark).ship_model(source.onnx_bytes, source.onnx_sha256[:16])
+    udf = sparkglue.featurize_udf(model, source.onnx_sha256[:16], worker_settings(config(store["data"], tmp_path), 1))
+    _run_shard(spark, udf, manifest, str(tmp_path / "featurised"), slots=1, images_per_task=8)
+    carried, featurised = (pads.dataset(tmp_path / name, format="parquet").schema.remove_metadata()
+                           for name in ("carried", "featurised"))
+    assert carried.names == featurised.names == list(schema.SHARD_ROWS)
+    assert [field.type for field in carried] == [field.type for field in featurised]
+    rows = pads.dataset(tmp_path / "carried", format="parquet").to_table()
+    assert rows.num_rows == 4 and rows["features"].null_count < 4  # real rows came across, not nulls
