@@ -98,6 +98,43 @@ def test_sample_then_run_prints_a_summary(tmp_path):
     assert again.returncode == 2 and "already holds a finished run" in again.stderr
 
 
+def test_credentials_in_spark_settings_are_written_nowhere(tmp_path):
+    """Sentinel secrets in --conf (by key, and by a value that looks like a token) and in the environment never
+    reach run.json, the report, any other file of the output or the terminal; other settings are kept."""
+    data, out = tmp_path / "data", tmp_path / "out"
+    assert orchard("sample", str(data), "--classes-count", "2", "--train-per-class", "4",
+                   "--test-per-class", "0").returncode == 0
+    sentinels = ["sentinel-s3a-secret-1", "sentinel-password-2", "sentinel-token-value-3", "sentinel-env-key-4"]
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1",
+           "AWS_SECRET_ACCESS_KEY": sentinels[3]}
+    run = subprocess.run([sys.executable, "-m", "orchard.cli", "run", str(data), "--output", str(out), "--weights",
+                          "random", "--k", "2", "--conf", f"spark.hadoop.fs.s3a.secret.key={sentinels[0]}",
+                          "--conf", f"spark.orchard.test.password={sentinels[1]}",
+                          "--conf", f"spark.orchard.test.header=Bearer token {sentinels[2]}",
+                          "--conf", "spark.sql.shuffle.partitions=4"],
+                         capture_output=True, text=True, timeout=240, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    report = subprocess.run([sys.executable, "-m", "orchard.cli", "report", str(out)], capture_output=True,
+                            text=True, timeout=240, env=env)
+    assert report.returncode == 0, report.stderr[-2000:]
+    written = [path for path in out.rglob("*") if path.is_file()]
+    assert any(path.name == "index.html" for path in written)
+    printed = run.stdout + run.stderr + report.stdout + report.stderr
+    for sentinel in sentinels:
+        assert sentinel not in printed
+        assert not [path for path in written if sentinel.encode() in path.read_bytes()], sentinel
+    conf = json.loads((out / "run.json").read_text())["config"]["spark"]["conf"]
+    assert conf["spark.hadoop.fs.s3a.secret.key"] == conf["spark.orchard.test.header"] == "*********(redacted)"
+    assert conf["spark.sql.shuffle.partitions"] == "4"
+
+
+def test_a_connect_url_keeps_its_address_and_loses_its_token():
+    from orchard.config import REDACTED, redact_url
+
+    assert redact_url("sc://host:15002/;token=abc;use_ssl=true") == f"sc://host:15002/;token={REDACTED};use_ssl={REDACTED}"
+    assert redact_url("sc://host:15002") == "sc://host:15002"
+
+
 def test_demo_without_imagenet_weights_says_features_are_not_meaningful(tmp_path):
     result = orchard("demo", "--directory", str(tmp_path / "sample"), "--output", str(tmp_path / "out"),
                      "--classes-count", "3", "--train-per-class", "5", "--test-per-class", "2", "--k", "3")

@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from orchard.errors import ConfigError
 from orchard.io.fs import StorageOptions
 
+# Spark's own default spark.redaction.regex: a setting whose key or value matches is a credential.
+REDACTION = re.compile(r"(?i)secret|password|token|access[.]key")
+REDACTED = "*********(redacted)"
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "webp", "tif", "tiff", "gif")
 PRECISIONS = ("fp32", "int8")
 MASTER_URL = re.compile(r"local(\[(\*|\d+)(,\d+)?\])?|local-cluster\[\d+,\d+,\d+\]|spark://\S+|yarn|k8s://\S+"
@@ -90,8 +93,28 @@ class RunConfig:
         return _digest({key: getattr(self, key) for key in keys})
 
     def to_dict(self) -> dict:
-        """Every field as plain JSON-friendly values (run.json's `config`)."""
-        return dataclasses.asdict(self)
+        """Every field as plain JSON-friendly values (run.json's `config`), credentials redacted: Spark settings
+        whose key or value looks like one, and the parameters (e.g. a token) of a Connect URL."""
+        values = dataclasses.asdict(self)
+        values["spark"]["conf"] = redact_settings(self.spark.conf)
+        if self.spark.remote:
+            values["spark"]["remote"] = redact_url(self.spark.remote)
+        return values
+
+
+def redact_settings(settings: dict[str, str]) -> dict[str, str]:
+    """The settings with every value whose key or value matches REDACTION replaced by REDACTED (as Spark does)."""
+    return {key: REDACTED if REDACTION.search(key) or REDACTION.search(value) else value
+            for key, value in settings.items()}
+
+
+def redact_url(url: str) -> str:
+    """A Spark Connect URL without the values of its parameters (sc://host:15002/;token=... -> ;token=REDACTED)."""
+    address, separator, parameters = url.partition("/;")
+    if not separator:
+        return url
+    names = [parameter.partition("=")[0] for parameter in parameters.split(";") if parameter]
+    return address + "/;" + ";".join(f"{name}={REDACTED}" for name in names)
 
 
 def _digest(*values) -> str:
