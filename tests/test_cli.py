@@ -34,6 +34,7 @@ def test_run_help_documents_every_option():
     (["run", "x", "--output", "y", "--limit", "0"], "--limit must be at least 1"),
     (["run", "x", "--output", "y", "--variance", "1.5"], "--variance must be in (0, 1]"),
     (["run", "x", "--output", "y", "--conf", "novalue"], "--conf expects key=value"),
+    (["run", "x", "--output", "y", "--k", "5000"], "--k must be between 1 and the feature size 1280, got 5000"),
 ])
 def test_user_mistakes_are_one_line_without_traceback(args, message):
     result = orchard(*args)
@@ -58,6 +59,23 @@ def test_engine_mistakes_are_one_line_errors_naming_the_fix(tmp_path):
     assert result.returncode == 2 and "--master local[two] is not a Spark master URL" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()  # nothing written for a mistake
+
+
+def test_folder_mistakes_are_one_line_errors(tmp_path):
+    """A folder with no image orchard reads (empty, or only .heic files) and an --output that is a file."""
+    empty, heic = tmp_path / "empty", tmp_path / "heic" / "Training" / "Apple"
+    empty.mkdir()
+    heic.mkdir(parents=True)
+    (heic / "IMG_0001.heic").write_bytes(b"not decoded by orchard")
+    for folder in (empty, tmp_path / "heic"):
+        result = orchard("run", str(folder), "--output", str(tmp_path / "out"), "--weights", "random")
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert "no images (jpg, jpeg, png" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out" / "_SUCCESS").exists()
+    (tmp_path / "a-file").write_text("keep me")
+    result = orchard("run", str(tmp_path / "heic"), "--output", str(tmp_path / "a-file"), "--weights", "random")
+    assert result.returncode == 2 and "is a file: give a folder" in result.stderr and "Traceback" not in result.stderr
+    assert (tmp_path / "a-file").read_text() == "keep me"
 
 
 def test_an_unsupported_pyspark_is_named_with_the_install_line(monkeypatch):

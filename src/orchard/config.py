@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass, field
 
 from orchard.errors import ConfigError
+from orchard.featurize.contract import FEATURE_DIM
 from orchard.io.fs import StorageOptions
 
 # Spark's own default spark.redaction.regex: a setting whose key or value matches is a credential.
@@ -132,8 +133,8 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(f"--limit must be at least 1, got {config.limit}")
     if config.k is not None and config.variance is not None:
         raise ConfigError("--k and --variance are exclusive: give one of them")
-    if config.k is not None and config.k < 1:
-        raise ConfigError(f"--k must be at least 1, got {config.k}")
+    if config.k is not None and not 1 <= config.k <= FEATURE_DIM:
+        raise ConfigError(f"--k must be between 1 and the feature size {FEATURE_DIM}, got {config.k}")
     if config.variance is not None and not 0.0 < config.variance <= 1.0:
         raise ConfigError(f"--variance must be in (0, 1], got {config.variance}")
     for name in ("batch_size", "shard_size", "images_per_task", "io_threads", "max_pixels", "max_bytes"):

@@ -181,6 +181,8 @@ class Target:
 
 def plan_target(config: RunConfig) -> Target:
     """The folder this run writes; refuses outputs it must not touch (read-only)."""
+    if fs.is_file(config.output):
+        raise ConfigError(f"--output {config.output} is a file: give a folder (new, or one orchard wrote)")
     if not config.incremental:
         layout = Layout(config.output)
         return Target(layout, output_state(config, layout))

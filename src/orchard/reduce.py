@@ -21,7 +21,6 @@ import numpy as np
 
 from orchard import mllib
 from orchard.config import RunConfig, effective_k_rule
-from orchard.errors import ConfigError
 from orchard.featurize.contract import FEATURE_DIM
 
 MOMENTS_SCHEMA = "count long, mean binary, scatter binary"
@@ -158,9 +157,7 @@ def fit(features, config: RunConfig, model_uri: str):
     """
     from pyspark.ml import PipelineModel
 
-    rule, target = effective_k_rule(config)
-    if rule == "k" and target > FEATURE_DIM:
-        raise ConfigError(f"--k {int(target)} is above the feature size {FEATURE_DIM}: choose k <= {FEATURE_DIM}")
+    rule, target = effective_k_rule(config)  # RunConfig keeps --k within the feature size
     stats = moments(features)
     covariance = stats.covariance()
     stages = []

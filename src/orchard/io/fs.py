@@ -144,6 +144,12 @@ def exists(uri: str, storage: StorageOptions | None = None) -> bool:
     return filesystem.get_file_info(path).type != pafs.FileType.NotFound
 
 
+def is_file(uri: str, storage: StorageOptions | None = None) -> bool:
+    """True if a file (not a folder) is there."""
+    filesystem, path = resolve(uri, storage)
+    return filesystem.get_file_info(path).type == pafs.FileType.File
+
+
 def modified_us(uri: str, storage: StorageOptions | None = None) -> int | None:
     """A file's modification time in microseconds since the epoch, at millisecond precision as Hadoop
     lists it; None when it is gone or its file system cannot say."""

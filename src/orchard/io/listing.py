@@ -69,6 +69,8 @@ def _list(spark, root: str) -> tuple[list[str], list[int], list]:
             .option("pathGlobFilter", extension_glob())
             .load(root)
         )
+        if "path" not in source.columns:  # nothing matched (no file with an image extension): no schema
+            return [], [], []
         # content pruned: not read
         frame = source.selectExpr("path", "length", "unix_micros(modificationTime) AS modified").toPandas()
     except AnalysisException as exc:
@@ -110,7 +112,7 @@ def reconcile_local(manifest: pd.DataFrame, root: str) -> pd.DataFrame:
     real_root = os.path.realpath(root)
     cyclic = {d for d in {p.rsplit("/", 1)[0] for p in manifest["path"]}
               if _through_cycle(d[len("file:"):], root, real_root)}
-    in_cycle = manifest["path"].map(lambda p: p.rsplit("/", 1)[0] in cyclic)
+    in_cycle = manifest["path"].map(lambda p: p.rsplit("/", 1)[0] in cyclic).astype(bool)  # bool when empty too
     kept = manifest[~in_cycle]
     listed = set(kept["path"])
     pattern = re.compile(r".*\.(" + "|".join(IMAGE_EXTENSIONS) + ")$", re.IGNORECASE)
