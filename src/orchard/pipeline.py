@@ -330,10 +330,10 @@ def featurize_shards(spark, manifest: pd.DataFrame, source, config: RunConfig, l
     finished = [{**fs.read_json(layout.shard_stats(s)), "reused": True} for s in range(shards) if s not in todo]
     progress = Progress(len(manifest), sum(s["count"] for s in finished), enabled=config.progress)
     if todo:
-        engine = engine_for(spark)
-        model = engine.ship_model(source.onnx_bytes, source.onnx_sha256[:16])
+        engine, model_key = engine_for(spark), source.onnx_sha256[:16]
+        model = engine.ship_model(source.onnx_bytes, model_key)
         settings = worker_settings(config, threads=config.threads or engine.task_cpus())
-        udf = sparkglue.featurize_udf(model, source.onnx_sha256[:16], settings)
+        udf = sparkglue.featurize_udf(model, model_key, settings)
         slots = engine.task_slots()
         for shard in todo:
             rows = manifest.iloc[shard * config.shard_size : (shard + 1) * config.shard_size]

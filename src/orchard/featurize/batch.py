@@ -40,8 +40,7 @@ class StageSeconds:
     def per_row(self, rows: int) -> dict[str, float]:
         """The schema.SECONDS columns of `rows` rows that shared these seconds (their sum is the total)."""
         share = 1.0 / max(rows, 1)
-        return {"seconds_read": self.read * share, "seconds_preprocess": self.preprocess * share,
-                "seconds_inference": self.inference * share}
+        return {name: getattr(self, name.removeprefix("seconds_")) * share for name in schema.SECONDS}
 
 
 def prepare_paths(paths: list[str], settings: WorkerSettings, seconds: StageSeconds | None = None

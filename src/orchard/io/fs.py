@@ -168,11 +168,16 @@ def copy_tree(source: str, target: str, storage: StorageOptions | None = None) -
     filesystem, path = resolve(source, storage)
     _, destination = resolve(target, storage)
     remove_tree(target, storage)
-    for info in filesystem.get_file_info(pafs.FileSelector(path, recursive=True)):
-        if info.type == pafs.FileType.File:
-            copied = posixpath.join(destination, posixpath.relpath(info.path, path))
-            filesystem.create_dir(posixpath.dirname(copied), recursive=True)
-            filesystem.copy_file(info.path, copied)
+    for source_file, target_file in _file_pairs(filesystem, path, destination):
+        filesystem.create_dir(posixpath.dirname(target_file), recursive=True)
+        filesystem.copy_file(source_file, target_file)
+
+
+def _file_pairs(filesystem: pafs.FileSystem, path: str, destination: str) -> list[tuple[str, str]]:
+    """(file under `path`, the same relative path under `destination`) for every file of a folder."""
+    return [(info.path, posixpath.join(destination, posixpath.relpath(info.path, path)))
+            for info in filesystem.get_file_info(pafs.FileSelector(path, recursive=True))
+            if info.type == pafs.FileType.File]
 
 
 def list_files(uri: str, storage: StorageOptions | None = None) -> list[str]:
@@ -212,9 +217,8 @@ def move_tree(source: str, target: str, storage: StorageOptions | None = None) -
         filesystem.create_dir(posixpath.dirname(destination), recursive=True)
         filesystem.move(path, destination)
         return
-    for info in filesystem.get_file_info(pafs.FileSelector(path, recursive=True)):
-        if info.type == pafs.FileType.File:
-            filesystem.move(info.path, posixpath.join(destination, posixpath.relpath(info.path, path)))
+    for source_file, target_file in _file_pairs(filesystem, path, destination):
+        filesystem.move(source_file, target_file)
     remove_tree(source, storage)
 
 
