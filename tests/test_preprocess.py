@@ -124,3 +124,34 @@ def test_truncated_jpeg_is_an_error_not_grey_pixels():
     data = jpeg_bytes(textured(100, 100))
     with pytest.raises(ImageError, match="truncated"):
         prepare(data[: len(data) // 2])
+
+
+def heic_bytes(picture: np.ndarray, orientation: int = 1) -> bytes:
+    """A real HEIC file, encoded by libheif (x265) through pillow-heif."""
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, "HEIF", quality=95, exif=exif.tobytes())
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_heic_photos_decode_with_orientation_like_the_same_jpeg(orientation):
+    picture = textured(60, 90)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    heic, jpeg = heic_bytes(picture, orientation), jpeg_bytes(picture, exif=exif)
+    ours, _, _ = decode(heic)
+    reference, _, _ = decode(jpeg)
+    assert ours.shape == reference.shape == ((60, 90, 3) if orientation == 1 else (90, 60, 3))
+    difference = np.abs(ours.astype(int) - reference.astype(int)).mean()  # two lossy codecs of one picture
+    assert difference < 12
+    assert difference < np.abs(ours.astype(int) - reference[::-1, ::-1].astype(int)).mean() / 2  # orientation counts
+
+
+def test_heic_pixel_guard_applies_before_decoding():
+    with pytest.raises(ImageError, match="decompression-bomb guard"):
+        prepare(heic_bytes(textured(60, 90)), Limits(max_pixels=1000))
