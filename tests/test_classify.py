@@ -108,19 +108,45 @@ def test_metrics_and_confusion_match_scikit_learn(spark, trained):
 
 
 def test_scores_follow_scikit_learn_when_classes_are_missing_or_never_predicted():
-    classes = ["a", "b", "c", "d"]
-    truth = ["a", "a", "b", "b", "b", "c"]  # no "d" in the test labels
+    classes = ["a", "b", "c", "d", "e"]
+    truth = ["a", "a", "b", "b", "b", "c"]  # no "d" nor "e" in the test labels
     guess = ["a", "b", "b", "d", "b", "a"]  # "c" never predicted, "d" predicted
     counts = Counter(zip(truth, guess, strict=True))
     confusion = [{"label": t, "predicted": g, "count": n} for (t, g), n in counts.items()]
     result = scores(confusion, classes)
     assert result["accuracy"] == pytest.approx(accuracy_score(truth, guess))
-    assert result["macro_f1"] == pytest.approx(f1_score(truth, guess, average="macro", zero_division=0))
+    assert result["not_scored"] == ["d", "e"]  # no test images: no recall, not in the macro F1
+    assert result["macro_f1"] == pytest.approx(f1_score(truth, guess, labels=["a", "b", "c"], average="macro",
+                                                        zero_division=0))
     precision, recall, f1, support = precision_recall_fscore_support(truth, guess, labels=classes, zero_division=0)
     assert [row["f1"] for row in result["per_class"]] == pytest.approx(f1.tolist())
     assert [row["precision"] for row in result["per_class"]] == pytest.approx(precision.tolist())
     assert [row["recall"] for row in result["per_class"]] == pytest.approx(recall.tolist())
     assert [row["support"] for row in result["per_class"]] == support.tolist()
+
+
+def test_classes_without_test_images_are_named_and_left_out_of_the_macro_f1(spark, trained, tmp_path):
+    result, output = trained
+    unscored = result.metrics["classes"][0]
+    copy = tmp_path / "no-test-images"
+    shutil.copytree(output, copy, ignore=shutil.ignore_patterns("classifier"))
+    features = pd.read_parquet(copy / "features")
+    shutil.rmtree(copy / "features")
+    (copy / "features").mkdir()
+    features[~((features["label"] == unscored) & (features["split"] == "Test"))].to_parquet(
+        copy / "features" / "part-00000.parquet")
+    retrained = train(str(copy), spark=spark)
+    metrics = retrained.metrics
+    assert metrics["not_scored"] == [unscored]
+    assert json.loads((copy / "classifier" / "metrics.json").read_text())["not_scored"] == [unscored]
+    predictions = spark_predictions(spark, copy / "classifier", copy)
+    scored = result.metrics["classes"][1:]
+    assert metrics["macro_f1"] == pytest.approx(f1_score(predictions["label"], predictions["predicted_label"],
+                                                         labels=scored, average="macro", zero_division=0))
+    summary = retrained.summary()  # what `orchard train` prints
+    assert f"macro F1 {metrics['macro_f1']:.3f} over {CLASSES - 1} of {CLASSES} classes" in summary
+    assert f"not scored (no Test images): {unscored}" in summary
+    assert unscored not in summary.splitlines()[-1]  # "lowest F1" lists scored classes only
 
 
 def test_pipeline_model_reloads_in_a_fresh_session_from_the_features_column(spark, trained, tmp_path):

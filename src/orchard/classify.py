@@ -7,7 +7,8 @@ and evaluates it on the Test images. Everything goes under the run folder, in `c
   array -> vector, [StandardScaler if the run standardised], PCA (the run's own model), logistic
   regression, class index -> name (`predicted_label`). `PipelineModel.load` reloads it in any session.
 - `confusion/`: Parquet (label, predicted, count) on the Test split.
-- `metrics.json`: accuracy, macro F1, per-class precision/recall/F1/support.
+- `metrics.json`: accuracy, macro F1, per-class precision/recall/F1/support, and the classes `not_scored`
+  (no test images: they have no recall, so they are left out of the macro F1).
 - `predictor/`: what `orchard.predict.Predictor` needs to classify photos without Spark: the run's
   ONNX model, the scaler/PCA/classifier as NumPy arrays, and the collection's PCA vectors for `similar`.
 
@@ -76,7 +77,12 @@ class TrainResult:
                  f"{m['train_images']} training / {m['test_images']} test images",
                  f"accuracy {m['accuracy']:.3f}, macro F1 {m['macro_f1']:.3f}",
                  f"written to {self.model_dir} (model/, confusion/, metrics.json, predictor/)"]
-        weakest = sorted(m["per_class"], key=lambda row: row["f1"])[:3]
+        not_scored = m.get("not_scored", [])  # absent from metrics written before orchard recorded it
+        if not_scored:
+            lines[1] += f" over {len(m['classes']) - len(not_scored)} of {len(m['classes'])} classes"
+            lines.insert(2, f"not scored (no {m['test_split']} images): {', '.join(not_scored)}")
+        weakest = sorted((row for row in m["per_class"] if row["label"] not in not_scored),
+                         key=lambda row: row["f1"])[:3]
         lines.append("lowest F1: " + ", ".join(f"{row['label']} {row['f1']:.2f}" for row in weakest))
         if not m["weights_meaningful"]:
             lines.insert(0, "WARNING: the run used RANDOM weights: these numbers say nothing about real photos")
@@ -196,7 +202,11 @@ def check_splits(rows, train_split: str, test_split: str) -> tuple[list[str], in
 
 
 def scores(confusion: list[dict], classes: list[str]) -> dict:
-    """Accuracy, macro F1 and per-class precision/recall/F1/support from (label, predicted, count) rows."""
+    """Accuracy, macro F1 and per-class precision/recall/F1/support from (label, predicted, count) rows.
+
+    Classes without test images are `not_scored`: they have no recall, so the macro F1 leaves them out (their
+    wrong predictions still cost the classes they were taken from).
+    """
     position = {name: i for i, name in enumerate(classes)}
     matrix = np.zeros((len(classes), len(classes)), np.int64)
     for row in confusion:
@@ -206,9 +216,9 @@ def scores(confusion: list[dict], classes: list[str]) -> dict:
     recall = np.divide(hits, support, out=np.zeros(len(classes)), where=support > 0)
     total = precision + recall
     f1 = np.divide(2 * precision * recall, total, out=np.zeros(len(classes)), where=total > 0)
-    present = (support > 0) | (predicted > 0)  # macro F1 over classes seen or predicted, as scikit-learn does
-    return {"accuracy": float(hits.sum() / max(matrix.sum(), 1)), "macro_f1": float(f1[present].mean()),
-            "classes": classes,
+    scored = support > 0
+    return {"accuracy": float(hits.sum() / max(matrix.sum(), 1)), "macro_f1": float(f1[scored].mean()),
+            "classes": classes, "not_scored": [name for name, seen in zip(classes, scored, strict=True) if not seen],
             "per_class": [{"label": name, "precision": float(precision[i]), "recall": float(recall[i]),
                            "f1": float(f1[i]), "support": int(support[i])} for i, name in enumerate(classes)]}
 

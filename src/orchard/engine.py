@@ -86,7 +86,12 @@ class Engine:
         raise NotImplementedError
 
     def watch(self, group: str, report: ProgressCallback):
-        """A context manager: while its block runs Spark jobs, `report` gets the share of their tasks done."""
+        """A context manager: while its block runs Spark jobs, `report` gets the share of the tasks done in the
+        stage after their first shuffle (orchard's UDF runs there; the stage before it only spreads the paths).
+
+        With adaptive execution that first stage is a job of its own, whose tasks all finish before any UDF
+        task starts: counting it would report a shard all done at once, then half done, then done again.
+        """
         raise NotImplementedError
 
     def qualify(self, root: str) -> str:
@@ -130,8 +135,8 @@ class ClassicEngine(Engine):
                 tasks = completed = 0
                 for job_id in tracker.getJobIdsForGroup(group):
                     job = tracker.getJobInfo(job_id)
-                    # a job's last stage runs the UDF; earlier ones only shuffle the path list
-                    stage = tracker.getStageInfo(max(job.stageIds)) if job and job.stageIds else None
+                    # the last stage of a job that reads a shuffle (so has earlier stages) runs the UDF
+                    stage = tracker.getStageInfo(max(job.stageIds)) if job and len(job.stageIds) > 1 else None
                     if stage:
                         tasks, completed = tasks + stage.numTasks, completed + stage.numCompletedTasks
                 report(completed / tasks if tasks else 0.0)
@@ -199,7 +204,7 @@ class ConnectEngine(Engine):
 
         def handler(stages, inflight_tasks, operation_id, done) -> None:
             stages = list(stages or [])
-            if stages and not done:
+            if len(stages) > 1 and not done:  # the first stage alone only spreads the path list
                 last = max(stages, key=lambda stage: stage.stage_id)  # the stage that runs the UDF
                 report(last.num_completed_tasks / last.num_tasks if last.num_tasks else 0.0)
 

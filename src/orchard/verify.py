@@ -13,7 +13,9 @@ import pyarrow.compute as pc
 from orchard.errors import ConfigError
 from orchard.featurize.contract import FEATURE_DIM
 from orchard.io import fs
-from orchard.output import DATASETS, resolve
+from orchard.output import DATASETS, resolve, versions
+
+MARKERS = ("_SUCCESS", "run.json", "_work", "_LATEST", *DATASETS, "model")  # what any orchard output has
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,14 @@ def part_checksums(output: str) -> dict[str, dict[str, dict]]:
 
 
 def verify(location: str) -> list[Finding]:
-    """Every check on the finished run `location` names (a store: its latest version); stops early if none."""
+    """Every check on the finished run `location` names (a store: its latest version); stops early if none.
+
+    Raises ConfigError when `location` holds files but none orchard writes (the input folder, say).
+    """
+    if fs.is_nonempty_dir(location) and not versions(location) and not any(
+            fs.exists(fs.join(location, marker)) for marker in MARKERS):
+        raise ConfigError(f"{location} is not an orchard output (no run.json, no features/): point verify at the "
+                          "folder given to --output")
     try:
         output = resolve(location)
     except ConfigError as error:
