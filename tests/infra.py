@@ -5,6 +5,7 @@ Everything listens on 127.0.0.1, every wait is bounded, and every process starte
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -226,3 +227,203 @@ def standalone_cluster(workdir: Path, workers: int = 2, cores: int = 1, memory: 
     finally:
         for process in [*cluster.workers, master]:
             stop(process)
+
+
+SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+             b"<Message>Please reduce your request rate.</Message></Error>")
+ACCESS_DENIED = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
+                 b"<Message>Access Denied</Message></Error>")
+HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+              "transfer-encoding", "upgrade", "content-length"}
+
+
+@dataclass
+class Faults:
+    """What a FaultProxy does to requests, deterministically: request `key` (method, path with query, Range,
+    the client's kind from its User-Agent) gets a streak of failing attempts from a hash of (seed, key);
+    attempt n fails while n <= its streak, so a client that retries long enough always gets through. The
+    fault of each failing attempt (503 SlowDown or a reset connection) comes from a hash of (seed, key, n).
+
+    A stubborn streak must outlast a client's own retries to reach the code above it: curl silently resends
+    a request once when a reused connection turns out reset, so give it twice the client's attempts."""
+
+    share: float = 0.0  # of the requests: their first attempt fails once
+    reset_share: float = 0.3  # of the failing attempts: a reset connection (the rest: 503 SlowDown)
+    stubborn_share: float = 0.0  # of the object requests whose key ends with `stubborn_suffix`: fail longer
+    stubborn_streak: int = 0  # consecutive failing attempts of a stubborn request
+    stubborn_suffix: tuple[str, ...] = (".jpg",)
+    stubborn_agent: str = ""  # only requests whose User-Agent starts with this (aws-sdk-cpp: pyarrow's) are stubborn
+    delay_share: float = 0.0  # of the requests: the first attempt waits 0.2-1 s before it is forwarded
+    delay: tuple[float, float] = (0.2, 1.0)
+    always: tuple[str, ...] = ()  # object paths (/bucket/key) answered 503 SlowDown on every attempt
+    deny_prefix: str | None = None  # "/bucket/prefix": objects under it and listings of it get 403 AccessDenied
+    methods: tuple[str, ...] = ("GET", "HEAD")  # only these are faulted (the deny applies to every method)
+    seed: int = 0
+
+
+class FaultProxy:
+    """An HTTP proxy on 127.0.0.1 in front of an S3 server (moto) that injects Faults; counts what it did."""
+
+    def __init__(self, upstream: str, faults: Faults, lifetime: float = 900.0):
+        import http.server
+        import threading
+        from collections import Counter
+        from urllib.parse import urlparse
+
+        self.faults, self.upstream = faults, urlparse(upstream)
+        self.counts: Counter = Counter()
+        self.log: collections.deque = collections.deque(maxlen=20_000)  # (seconds, method, path, attempt, what)
+        self._started = time.monotonic()
+        self._attempts: Counter = Counter()
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            timeout = 60  # an idle keep-alive connection ends after this
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self):
+                proxy._handle(self)
+
+            do_HEAD = do_PUT = do_POST = do_DELETE = do_GET
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2},
+                                        daemon=True)
+        self._deadline = threading.Timer(lifetime, self.server.shutdown)  # never outlives a stuck test
+        self._deadline.daemon = True
+
+    def __enter__(self) -> FaultProxy:
+        self._thread.start()
+        self._deadline.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._deadline.cancel()
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(timeout=10)
+
+    def _count(self, what: str, handler=None, attempt: int = 0) -> None:
+        with self._lock:
+            self.counts[what] += 1
+            if handler is not None:
+                self.log.append((round(time.monotonic() - self._started, 3), handler.command, handler.path, attempt,
+                                 what))
+
+    def _share(self, *parts) -> float:
+        import hashlib
+
+        digest = hashlib.sha256("|".join(map(str, (self.faults.seed, *parts))).encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64
+
+    def streak(self, method: str, path: str, key: str, agent: str) -> int:
+        """How many first attempts of request `key` fail."""
+        faults = self.faults
+        if method not in faults.methods:
+            return 0
+        stubborn = "?" not in path and path.endswith(faults.stubborn_suffix) and agent.startswith(faults.stubborn_agent)
+        if stubborn and self._share("streak", key) < faults.stubborn_share:
+            return faults.stubborn_streak
+        return 1 if self._share("once", key) < faults.share else 0
+
+    def denied(self, path: str) -> bool:
+        from urllib.parse import parse_qs, unquote, urlparse
+
+        prefix = self.faults.deny_prefix
+        if prefix is None:
+            return False
+        parsed = urlparse(path)
+        if unquote(parsed.path).startswith(prefix):
+            return True
+        bucket, _, key_prefix = prefix.lstrip("/").partition("/")
+        listed = parse_qs(parsed.query).get("prefix", [None])[0]
+        return unquote(parsed.path).strip("/") == bucket and listed is not None and (
+            listed.startswith(key_prefix) or key_prefix.startswith(listed.rstrip("/") + "/"))
+
+    def _body(self, handler) -> bytes:
+        if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks = []
+            for _ in range(1_000_000):  # bounded: a chunked body ends with a zero-size chunk
+                size = int(handler.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while handler.rfile.readline().strip():  # trailers, then the blank line
+                        pass
+                    break
+                chunks.append(handler.rfile.read(size))
+                handler.rfile.readline()
+            return b"".join(chunks)
+        return handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
+
+    def _reply(self, handler, status: int, body: bytes) -> None:
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/xml")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        if handler.command != "HEAD":
+            handler.wfile.write(body)
+
+    def _handle(self, handler) -> None:
+        import http.client
+        import random
+        import struct
+
+        method, path = handler.command, handler.path
+        body = self._body(handler)
+        agent = handler.headers.get("User-Agent", "")
+        key = f"{method} {path} {handler.headers.get('Range', '')} {agent.split('/', 1)[0]}"  # pyarrow apart from S3A
+        with self._lock:
+            self._attempts[key] += 1
+            attempt = self._attempts[key]
+        self._count("requests")
+        faults = self.faults
+        if self.denied(path):
+            self._count("denied", handler, attempt)
+            return self._reply(handler, 403, ACCESS_DENIED)
+        object_path = path.split("?", 1)[0]
+        if method in faults.methods and object_path in faults.always:
+            self._count("slowdown", handler, attempt)
+            return self._reply(handler, 503, SLOW_DOWN)
+        if attempt <= self.streak(method, path, key, agent):
+            if self._share("kind", key, attempt) < faults.reset_share:
+                self._count("reset", handler, attempt)
+                handler.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                handler.close_connection = True
+                handler.connection.close()  # RST, no response: "connection reset by peer"
+                return None
+            self._count("slowdown", handler, attempt)
+            return self._reply(handler, 503, SLOW_DOWN)
+        if attempt == 1 and self._share("delay", key) < faults.delay_share:
+            self._count("delay", handler, attempt)
+            time.sleep(random.Random(key).uniform(*faults.delay))
+        headers = {name: value for name, value in handler.headers.items() if name.lower() not in HOP_BY_HOP}
+        if body or method in ("PUT", "POST"):
+            headers["Content-Length"] = str(len(body))
+        upstream = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=120)
+        try:
+            upstream.request(method, path, body=body or None, headers=headers)
+            response = upstream.getresponse()
+            data = response.read()
+            handler.send_response_only(response.status, response.reason)
+            for name, value in response.getheaders():
+                if name.lower() not in HOP_BY_HOP:
+                    handler.send_header(name, value)
+            length = response.getheader("Content-Length") if method == "HEAD" else None
+            handler.send_header("Content-Length", length or str(len(data)))
+            handler.end_headers()
+            if method != "HEAD":
+                handler.wfile.write(data)
+            self._count("forwarded", handler, attempt)
+        finally:
+            upstream.close()
+        return None
+
+
+def fault_proxy(upstream: str, faults: Faults, lifetime: float = 900.0) -> FaultProxy:
+    """`with fault_proxy(moto_endpoint, Faults(...)) as proxy:` point clients at `proxy.endpoint`."""
+    return FaultProxy(upstream, faults, lifetime)

@@ -19,7 +19,7 @@ import pandas as pd
 
 from orchard import classdata, schema
 from orchard.config import SparkOptions
-from orchard.errors import ConfigError
+from orchard.errors import TRANSIENT_MARK, ConfigError
 from orchard.featurize import runtime
 from orchard.featurize.batch import StageSeconds, WorkerSettings, featurize_paths
 from orchard.featurize.weights import orchard_cache_dir
@@ -158,6 +158,15 @@ def out_of_memory_message(images: int, chunk: int) -> str:
     where = f"spark.executor.pyspark.memory={limit}m" if limit else "the executor's memory"
     return (f"{OUT_OF_MEMORY_MARK} {images} images embedded in chunks of --batch-size {chunk} do not fit in "
             f"{where}: lower --batch-size (8 is the default) or raise spark.executor.pyspark.memory")
+
+
+def transient_failure(error: Exception) -> str | None:
+    """The one-line reason of a featurising job that failed because storage reads kept failing (throttling,
+    resets: io/reader.TransientReadError on every task attempt), else None."""
+    text = str(error)
+    if TRANSIENT_MARK not in text:
+        return None
+    return TRANSIENT_MARK.split(": ", 1)[1] + text.split(TRANSIENT_MARK, 1)[1].split("\n", 1)[0]
 
 
 def explain_job_failure(error: Exception) -> str | None:

@@ -26,6 +26,17 @@ S3A_PLAIN_DURATIONS = {
     "spark.hadoop.fs.s3a.threads.keepalivetime": "60",  # s
     "spark.hadoop.fs.s3a.multipart.purge.age": "86400",  # s
 }
+# S3A's retries, set on purpose (the defaults differ between hadoop-aws versions; 3.3 and 3.4 read these keys
+# alike: counts as integers, intervals as durations). The AWS SDK tries each request up to attempts.maximum
+# times; what still fails, S3A retries with exponential backoff from its interval: throttling (503 SlowDown)
+# up to retry.throttle.limit times, other passing errors (resets, timeouts, 5xx) up to retry.limit times.
+S3A_RETRIES = {
+    "spark.hadoop.fs.s3a.attempts.maximum": "5",
+    "spark.hadoop.fs.s3a.retry.limit": "7",
+    "spark.hadoop.fs.s3a.retry.interval": "500ms",
+    "spark.hadoop.fs.s3a.retry.throttle.limit": "20",
+    "spark.hadoop.fs.s3a.retry.throttle.interval": "1000ms",
+}
 
 
 def uses_s3(*uris: str) -> bool:
@@ -46,6 +57,7 @@ def spark_conf(storage: StorageOptions, *uris: str) -> dict[str, str]:
     if not on_emr():
         conf["spark.hadoop.fs.s3.impl"] = "org.apache.hadoop.fs.s3a.S3AFileSystem"
         conf.update(S3A_PLAIN_DURATIONS)
+        conf.update(S3A_RETRIES)
     if storage.endpoint:
         parsed = urlparse(storage.endpoint if "://" in storage.endpoint else f"https://{storage.endpoint}")
         conf["spark.hadoop.fs.s3a.endpoint"] = f"{parsed.scheme}://{parsed.netloc}"

@@ -12,10 +12,10 @@ import pandas as pd
 from orchard import schema
 from orchard.featurize.runtime import embed
 from orchard.io import fs
-from orchard.io.reader import read_many
+from orchard.io.reader import read_all
 from orchard.preprocess import ImageError, Limits, prepare
 
-RESULT_COLUMNS = list(schema.RESULT)
+RESULT_COLUMNS = [*schema.RESULT, *schema.COUNTS]  # per path; spark.py adds the SECONDS
 
 
 @dataclass(frozen=True)
@@ -48,11 +48,12 @@ def prepare_paths(paths: list[str], settings: WorkerSettings, seconds: StageSeco
     """Read and decode `paths`: (result columns with errors filled in, tensors, positions of the tensors)."""
     seconds = seconds if seconds is not None else StageSeconds()
     started = time.perf_counter()
-    blobs = read_many(paths, settings.limits.max_bytes, settings.io_threads, settings.storage)
+    blobs, retries = read_all(paths, settings.limits.max_bytes, settings.io_threads, settings.storage)
     read_at = time.perf_counter()
     seconds.read += read_at - started
 
     rows = {name: [None] * len(paths) for name in RESULT_COLUMNS}
+    rows["read_retries"] = retries
     tensors, ok_positions = [], []
     for position, blob in enumerate(blobs):
         if isinstance(blob, ImageError):
@@ -90,4 +91,5 @@ def featurize_paths(session, paths: list[str], settings: WorkerSettings,
     frame = pd.DataFrame(rows, columns=RESULT_COLUMNS)
     for name in ("width", "height", "bytes"):
         frame[name] = frame[name].astype("Int64")
+    frame["read_retries"] = frame["read_retries"].astype("int32")
     return frame
