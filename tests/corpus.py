@@ -1,7 +1,7 @@
 """A generated corpus of bad and odd image files (never downloaded), each with its expected outcome.
 
 Expected outcome per relative path: "ok" (featurised), a stage name ("list", "read", "decode") for an
-error row, or "hidden" (not listed at all, by Spark's convention for names starting with '.' or '_').
+error row, or "hidden" (a name starting with '.': skipped with that reason, never featurised).
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def make_bad_corpus(root: Path) -> dict[str, str]:
     put("Training/Äpple 'red' \"quoted\"/naïve file name.jpg", good, "ok")
     put("Training/Hidden/.hidden.jpg", good, "hidden")
     put("Training/Hidden/.DS_Store", b"\x00\x00\x00\x01Bud1", "hidden")
-    put("Training/Hidden/_underscore.jpg", good, "hidden")
+    put("Training/Hidden/_underscore.jpg", good, "ok")  # hidden from Hadoop's listing, featurised by orchard
     put("Training/Apple/same.jpg", good, "ok")  # the same image under two classes: both rows kept
     put("Training/Pear/same.jpg", good, "ok")
     put("Training/Vanishing/gone-before-reading.jpg", good, "read")  # deleted after listing by the test

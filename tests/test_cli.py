@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -62,19 +63,28 @@ def test_engine_mistakes_are_one_line_errors_naming_the_fix(tmp_path):
 
 
 def test_folder_mistakes_are_one_line_errors(tmp_path):
-    """A folder with no image orchard reads (empty, or only .heic files) and an --output that is a file."""
-    empty, heic = tmp_path / "empty", tmp_path / "heic" / "Training" / "Apple"
+    """A folder with no image orchard reads (empty, or only videos and notes) and an --output that is a file."""
+    empty, videos = tmp_path / "empty", tmp_path / "videos" / "Training" / "Apple"
     empty.mkdir()
-    heic.mkdir(parents=True)
-    (heic / "IMG_0001.heic").write_bytes(b"not decoded by orchard")
-    for folder in (empty, tmp_path / "heic"):
+    videos.mkdir(parents=True)
+    (videos / "IMG_0001.MOV").write_bytes(b"\0\0\0\x18ftypqt  ")
+    (videos / "notes.txt").write_text("picked on Tuesday")
+    for folder, skipped in ((empty, ""), (tmp_path / "videos", " (skipped 2 files: ")):
         result = orchard("run", str(folder), "--output", str(tmp_path / "out"), "--weights", "random")
         assert result.returncode == 2, result.stderr[-2000:]
         assert "no images (jpg, jpeg, png" in result.stderr and "Traceback" not in result.stderr
+        assert skipped in result.stderr and "heic" in result.stderr
+    assert "not an image format orchard reads (.mov): 1" in result.stderr
     assert not (tmp_path / "out" / "_SUCCESS").exists()
     (tmp_path / "a-file").write_text("keep me")
-    result = orchard("run", str(tmp_path / "heic"), "--output", str(tmp_path / "a-file"), "--weights", "random")
+    result = orchard("run", str(tmp_path / "videos"), "--output", str(tmp_path / "a-file"), "--weights", "random")
     assert result.returncode == 2 and "is a file: give a folder" in result.stderr and "Traceback" not in result.stderr
+    assert (tmp_path / "a-file").read_text() == "keep me"
+    for output, message in ((tmp_path / "a-file" / "out", "a-file is a file; give a folder path"),
+                            (Path("/sys/orchard-test-output"), "cannot be written (")):  # refused even to root
+        result = orchard("run", str(tmp_path / "videos"), "--output", str(output), "--weights", "random")
+        assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+        assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert (tmp_path / "a-file").read_text() == "keep me"
 
 
@@ -118,32 +128,65 @@ def test_sample_then_run_prints_a_summary(tmp_path):
 
 def test_credentials_in_spark_settings_are_written_nowhere(tmp_path):
     """Sentinel secrets in --conf (by key, and by a value that looks like a token) and in the environment never
-    reach run.json, the report, any other file of the output or the terminal; other settings are kept."""
-    data, out = tmp_path / "data", tmp_path / "out"
+    reach run.json, the report, the classifier, an EMR plan, any other file written or the terminal; other
+    settings are kept."""
+    data, out, home = tmp_path / "data", tmp_path / "out", tmp_path / "home"
     assert orchard("sample", str(data), "--classes-count", "2", "--train-per-class", "4",
-                   "--test-per-class", "0").returncode == 0
-    sentinels = ["sentinel-s3a-secret-1", "sentinel-password-2", "sentinel-token-value-3", "sentinel-env-key-4"]
+                   "--test-per-class", "2").returncode == 0
+    sentinels = ["sentinel-s3a-secret-1", "sentinel-password-2", "sentinel-token-value-3", "sentinel-env-key-4",
+                 "sentinel-session-token-5", "AKIASENTINEL0000006X"]
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1",
-           "AWS_SECRET_ACCESS_KEY": sentinels[3]}
-    run = subprocess.run([sys.executable, "-m", "orchard.cli", "run", str(data), "--output", str(out), "--weights",
-                          "random", "--k", "2", "--conf", f"spark.hadoop.fs.s3a.secret.key={sentinels[0]}",
-                          "--conf", f"spark.orchard.test.password={sentinels[1]}",
-                          "--conf", f"spark.orchard.test.header=Bearer token {sentinels[2]}",
-                          "--conf", "spark.sql.shuffle.partitions=4"],
-                         capture_output=True, text=True, timeout=240, env=env)
+           "AWS_SECRET_ACCESS_KEY": sentinels[3], "AWS_SESSION_TOKEN": sentinels[4], "AWS_ACCESS_KEY_ID": sentinels[5]}
+    secret_conf = ["--conf", f"spark.hadoop.fs.s3a.secret.key={sentinels[0]}",
+                   "--conf", f"spark.orchard.test.password={sentinels[1]}",
+                   "--conf", f"spark.orchard.test.header=Bearer token {sentinels[2]}"]
+
+    def command(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "orchard.cli", *args], capture_output=True, text=True,
+                              timeout=300, env=env, cwd=home)
+
+    home.mkdir()
+    run = command("run", str(data), "--output", str(out), "--weights", "random", "--k", "2", *secret_conf,
+                  "--conf", "spark.sql.shuffle.partitions=4")
     assert run.returncode == 0, run.stderr[-2000:]
-    report = subprocess.run([sys.executable, "-m", "orchard.cli", "report", str(out)], capture_output=True,
-                            text=True, timeout=240, env=env)
+    report = command("report", str(out))
     assert report.returncode == 0, report.stderr[-2000:]
-    written = [path for path in out.rglob("*") if path.is_file()]
-    assert any(path.name == "index.html" for path in written)
-    printed = run.stdout + run.stderr + report.stdout + report.stderr
+    train = command("train", str(out), *secret_conf)
+    assert train.returncode == 0, train.stderr[-2000:]
+    mistake = command("run", str(data), "--output", str(out), *secret_conf)  # refused: a finished run is there
+    assert mistake.returncode == 2 and "already holds a finished run" in mistake.stderr
+    example = (Path(__file__).parent.parent / "deploy" / "emr.example.toml").read_text()
+    (home / "emr.toml").write_text(example)
+    plan = command("emr", "plan", "-c", "emr.toml", "--json")
+    assert plan.returncode == 0, plan.stderr[-2000:]
+    original = next(line for line in example.splitlines() if line.startswith("run_args ="))
+    leaky = tmp_path / "leaky.toml"  # the test's own file, outside the scanned folders
+    leaky.write_text(example.replace(original, "run_args = " + json.dumps(["--k", "4", *secret_conf[:2]])))
+    refused = command("emr", "plan", "-c", str(leaky))
+    assert refused.returncode == 2 and "run_args sets spark.hadoop.fs.s3a.secret.key, a credential" in refused.stderr
+
+    written = [path for folder in (out, home) for path in folder.rglob("*") if path.is_file()]
+    assert any(path.name == "index.html" for path in written) and any(p.parent.name == "classifier" for p in written)
+    printed = "".join(done.stdout + done.stderr for done in (run, report, train, mistake, plan, refused))
+    assert "Traceback" not in printed
     for sentinel in sentinels:
-        assert sentinel not in printed
+        assert sentinel not in printed, sentinel
         assert not [path for path in written if sentinel.encode() in path.read_bytes()], sentinel
     conf = json.loads((out / "run.json").read_text())["config"]["spark"]["conf"]
     assert conf["spark.hadoop.fs.s3a.secret.key"] == conf["spark.orchard.test.header"] == "*********(redacted)"
     assert conf["spark.sql.shuffle.partitions"] == "4"
+
+
+def test_error_messages_lose_every_credential_value():
+    from orchard.config import REDACTED, credential_settings, scrub, secret_values
+
+    args = ["run", "x", "--conf", "spark.hadoop.fs.s3a.secret.key=abcd1", "--conf=spark.a.password=efgh2",
+            "--remote", "sc://h:1/;token=ijkl3", "--conf", "spark.sql.shuffle.partitions=4"]
+    secrets = secret_values(args, {"AWS_SESSION_TOKEN": "mnop4", "HOME": "/root"})
+    assert sorted(secrets) == ["abcd1", "efgh2", "ijkl3", "mnop4"]
+    message = scrub("abcd1 efgh2 ijkl3 mnop4 AKIAIOSFODNN7EXAMPLE partitions 4 /root", secrets)
+    assert message == " ".join([REDACTED] * 5) + " partitions 4 /root"
+    assert credential_settings(args) == ["spark.hadoop.fs.s3a.secret.key", "spark.a.password", "--remote parameters"]
 
 
 def test_a_connect_url_keeps_its_address_and_loses_its_token():
@@ -161,3 +204,37 @@ def test_demo_without_imagenet_weights_says_features_are_not_meaningful(tmp_path
     assert "images 21  classes 3  ok 21  errors 0" in result.stdout
     info = json.loads((tmp_path / "out" / "run.json").read_text())
     assert info["model"]["weights"] == "random"
+
+
+def test_hidden_names_heic_photos_and_other_files_are_all_accounted_for(tmp_path):
+    """_DSC camera names and HEIC photos are featurised; .DS_Store, notes and the run's own output (inside the
+    input, rerun with --overwrite) are skipped, counted by reason and listed in skipped/paths.csv."""
+    from conftest import textured
+    from test_preprocess import heic_bytes
+
+    data, out = tmp_path / "data", tmp_path / "data" / "out"
+    made = orchard("sample", str(data), "--classes-count", "2", "--train-per-class", "3", "--test-per-class", "1")
+    assert made.returncode == 0, made.stderr
+    apple = next(p for p in (data / "Training").iterdir() if p.is_dir())
+    first = sorted(apple.glob("*.jpg"))[0]
+    (apple / "_DSC0001.jpg").write_bytes(first.read_bytes())
+    (apple / "IMG_0002.HEIC").write_bytes(heic_bytes(textured(100, 100, seed=3)))
+    (apple / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (apple / "notes.txt").write_text("picked on Tuesday")
+    for attempt in range(2):  # the second run meets the first one's output inside its input
+        result = orchard("run", str(data), "--output", str(out), "--weights", "random", "--k", "3",
+                         *(["--overwrite"] if attempt else []))
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "images 10  classes 2  ok 10  errors 0" in result.stdout
+        info = json.loads((out / "run.json").read_text())
+        by_reason = info["counts"]["skipped_by_reason"]
+        assert by_reason["hidden (a name starting with '.')"] == 1
+        assert by_reason["not an image format orchard reads (.txt)"] == 1
+        assert ("WARNING: an orchard output lies inside the input" in result.stdout) == (attempt == 1)
+    inside = f"inside the orchard output file:{out}"
+    assert by_reason[inside] >= 10  # run.json, _SUCCESS, the datasets' parts...
+    assert info["counts"]["skipped"] == sum(by_reason.values())
+    assert f"skipped {info['counts']['skipped']} files" in result.stdout and "skipped/paths.csv" in result.stdout
+    listed = (out / "skipped" / "paths.csv").read_text().splitlines()
+    assert listed[0] == "path,reason" and len(listed) == 1 + info["counts"]["skipped"]
+    assert any(line.endswith("/notes.txt,not an image format orchard reads (.txt)") for line in listed)

@@ -99,3 +99,51 @@ def test_listing_settings_apply_to_the_listing_only_and_leave_the_users_alone(sp
     assert seen == {open_cost: "1", discovery: str(2**31 - 1)}  # local folder: listed by the driver
     assert spark.conf.get(discovery, None) is None and spark.conf.get(open_cost, None) is None
     pd.testing.assert_frame_equal(listed, again)
+
+
+def test_every_file_is_listed_or_skipped_with_its_reason(spark, tmp_path):
+    """Hadoop hides '_' and '.' names and orchard reads only image extensions: nothing vanishes silently."""
+    from conftest import jpeg_bytes, textured
+
+    root = tmp_path / "photos"
+    apple = root / "Training" / "Apple"
+    for folder in (apple, root / "Training" / "_Pear", root / ".thumbnails", root / "old-run" / "report",
+                   root / "old-run" / "features"):
+        folder.mkdir(parents=True)
+    image = jpeg_bytes(textured(32, 32))
+    for path in (apple / "1.jpg", apple / "_DSC0001.jpg", root / "Training" / "_Pear" / "2.jpg",
+                 root / ".thumbnails" / "3.jpg", apple / "._1.jpg", root / "old-run" / "report" / "thumb.jpg"):
+        path.write_bytes(image)
+    (apple / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (apple / "clip.MOV").write_bytes(b"\0\0\0\x18ftypqt  ")
+    (apple / "README").write_text("no extension")
+    (root / "old-run" / "run.json").write_text("{}")
+    (root / "old-run" / "_SUCCESS").write_text("")
+    (root / "old-run" / "features" / "part-0.parquet").write_bytes(b"PAR1")
+    (root / "new-out").mkdir()
+    (root / "new-out" / "x.png").write_bytes(b"in the run's own output")
+
+    manifest = listing.list_images(spark, str(root), exclude=(str(root / "new-out"),))
+    assert sorted(manifest["rel"]) == ["Training/Apple/1.jpg", "Training/Apple/_DSC0001.jpg", "Training/_Pear/2.jpg"]
+    assert (manifest["size"] == len(image)).all() and manifest["modified_us"].notna().all()
+    assert "list_error" not in manifest or manifest["list_error"].isna().all()
+    skipped = {path.split(str(root) + "/", 1)[1]: reason for path, reason in manifest.attrs["skipped"].items()}
+    hidden = "hidden (a name starting with '.')"
+    assert skipped == {
+        ".thumbnails/3.jpg": hidden, "Training/Apple/._1.jpg": hidden, "Training/Apple/.DS_Store": hidden,
+        "Training/Apple/clip.MOV": "not an image format orchard reads (.mov)",
+        "Training/Apple/README": "no file extension",
+        "new-out/x.png": f"inside the orchard output file:{root}/new-out",
+        **{f"old-run/{name}": f"inside the orchard output file:{root}/old-run"
+           for name in ("run.json", "_SUCCESS", "features/part-0.parquet", "report/thumb.jpg")},
+    }
+    files = [p for p in root.rglob("*") if p.is_file()]
+    assert len(files) == len(manifest) + len(skipped)  # every regular file accounted for
+    assert listing.skipped_summary(manifest.attrs["skipped"])[hidden] == 3
+
+
+def test_a_folder_with_no_image_names_what_was_skipped(tmp_path):
+    manifest = manifest_of([])
+    manifest.attrs["skipped"] = {"file:/data/a.txt": "not an image format orchard reads (.txt)"}
+    with pytest.raises(ConfigError, match=r"skipped 1 files: not an image format orchard reads \(\.txt\): 1\)"):
+        listing.select(manifest, config())

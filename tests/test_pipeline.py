@@ -251,3 +251,19 @@ def test_int8_precision_is_calibrated_on_the_input_and_close_to_fp32(spark, samp
     cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert len(common) > 40 and np.median(cosine) >= 0.95
     assert not np.array_equal(a, b)  # it really ran the quantised model
+
+
+def test_the_summary_shows_the_featurising_rate_of_this_runs_images_beside_the_end_to_end_one():
+    from orchard.pipeline import RunResult
+
+    info = {"counts": {"listed": 3000, "classes": 5, "ok": 3000, "errors": 0},
+            "timings": {"total": 20.0, "images_per_second": 150.0, "featurize": 8.0, "pca": 2.0, "write": 1.0},
+            "pca": {"k": 8, "kept_variance": 0.95}, "model": {"meaningful": True, "description": "imagenet"},
+            "shards": [{"shard": 0, "count": 1000, "reused": True}, {"shard": 1, "count": 1000},
+                       {"shard": 2, "count": 1000}]}
+    line = RunResult("out", info).summary().splitlines()[1]
+    # 2000 images featurised in 8 s: the resumed shard's 1000 neither count nor took featurising time
+    assert line.startswith("seconds 20.0  images/s 150.0 end to end, 250.0 featurising  (featurise 8.0s")
+    every_shard_reused = {**info, "shards": [{**shard, "reused": True} for shard in info["shards"]]}
+    line = RunResult("out", every_shard_reused).summary().splitlines()[1]
+    assert line.startswith("seconds 20.0  images/s 150.0 end to end  (featurise 8.0s")

@@ -82,6 +82,25 @@ def test_verify_cli_exit_codes(reference, tmp_path):
     assert missing.returncode == 1 and "NOT verified" in missing.stdout
 
 
+def test_verify_tells_an_image_folder_from_an_incomplete_output(collection, tmp_path):
+    def verify_cli(folder: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "orchard.cli", "verify", str(folder)], capture_output=True,
+                              text=True, env={**os.environ, "PYSPARK_PYTHON": sys.executable}, timeout=120)
+
+    images = verify_cli(collection)
+    assert images.returncode == 2 and "Traceback" not in images.stderr
+    assert images.stderr.strip() == (f"orchard: error: {collection} is not an orchard output (no run.json, no "
+                                     "features/): point verify at the folder given to --output")
+    assert "rerun" not in images.stderr + images.stdout
+
+    incomplete = tmp_path / "incomplete"  # an interrupted run: scratch space, no datasets, no _SUCCESS yet
+    (incomplete / "_work" / "stats").mkdir(parents=True)
+    (incomplete / "_work" / "config.json").write_text("{}")
+    done = verify_cli(incomplete)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "rerun the same command" in done.stdout and "NOT verified" in done.stdout
+
+
 def test_driver_killed_mid_run_resumes_without_redoing_finished_shards(collection, reference, tmp_path):
     output = tmp_path / "out"
     command = [sys.executable, "-m", "orchard.cli", "run", str(collection), "--output", str(output),
@@ -150,7 +169,7 @@ def test_datasets_appear_only_at_the_commit_and_a_broken_commit_resumes(spark, c
     result = run(config, spark)
     assert result.info["resume"] == {"resumed": True, "shards_reused": 1}
     assert sorted(p.name for p in output.iterdir()) == ["_SUCCESS", "errors", "features", "metadata", "model",
-                                                        "pca", "run.json", "variance"]
+                                                        "pca", "run.json", "skipped", "variance"]
     assert_identical_runs(reference, output)
     assert all(f.ok for f in verify(str(output)))
 
@@ -175,8 +194,8 @@ def test_bad_input_corpus_every_file_accounted_for(spark, tmp_path, monkeypatch)
 
     real_list = listing.list_images
 
-    def list_then_lose_a_file(spark_session, input_root):
-        manifest = real_list(spark_session, input_root)
+    def list_then_lose_a_file(spark_session, input_root, **options):
+        manifest = real_list(spark_session, input_root, **options)
         (root / "Training/Vanishing/gone-before-reading.jpg").unlink()  # between listing and reading
         return manifest
 
@@ -205,6 +224,35 @@ def test_bad_input_corpus_every_file_accounted_for(spark, tmp_path, monkeypatch)
     counts = result.counts
     assert counts["listed"] == counts["ok"] + counts["errors"] == len(outcome)
     assert counts["listed"] == sum(v != "hidden" for v in expected.values())
+    assert counts["skipped_by_reason"]["hidden (a name starting with '.')"] == sum(
+        v == "hidden" for v in expected.values())
     same = metadata[metadata["rel"].str.endswith("/same.jpg")]
     assert same["sha256"].nunique() == 1 and len(same) == 2
     assert all(f.ok for f in verify(str(output)))
+
+
+def test_ctrl_c_prints_one_line_and_the_rerun_finishes_identically(collection, reference, tmp_path):
+    """SIGINT to the whole process group, as a terminal's Ctrl-C: exit 130, one orchard line saying how to
+    resume, no traceback and nothing that looks complete; the same command then finishes the run."""
+    output = tmp_path / "out"
+    args = [sys.executable, "-m", "orchard.cli", "run", str(collection), "--output", str(output), "--weights",
+            "random", "--k", "8", "--shard-size", "60", *cli_engine_args()]
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"}
+    log = tmp_path / "stderr.txt"
+    with log.open("w") as stderr:
+        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=stderr, env=env, start_new_session=True)
+        try:
+            wait_for(lambda: "featurising" in log.read_text(), 180, "featurising to start")
+            os.killpg(process.pid, signal.SIGINT)
+            assert process.wait(timeout=120) == 130
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+    text = log.read_text()
+    assert "Traceback" not in text and "py4j" not in text, text[-3000:]
+    assert [line for line in text.splitlines() if line.startswith("orchard")] == [
+        "orchard: interrupted; rerun the same command to resume"]
+    assert not (output / "_SUCCESS").exists() and not (output / "features").exists()
+    again = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert_identical_runs(reference, output)

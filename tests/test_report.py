@@ -163,6 +163,8 @@ def test_report_has_every_section_and_escapes_data(report_run, report_page):
     for reason in ("empty file", "not a recognised image format", "corrupt or truncated image"):
         assert reason in visible
     assert f"{info['counts']['listed']:,} files listed" in visible
+    assert info["counts"]["skipped_by_reason"] == {"not an image format orchard reads (.txt)": 1}  # README.txt
+    assert "1 other files skipped (skipped/paths.csv: not an image format orchard reads (.txt) 1)" in visible
     for stage in info["timings"]:
         if stage not in ("total", "images_per_second", "worker_seconds"):
             assert f"stage {stage} (s)" in visible

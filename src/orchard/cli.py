@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 
 from orchard import __version__
 from orchard.apps_cli import APP_COMMANDS, add_app_commands
 from orchard.cliargs import add_storage_options, storage_from_args
 from orchard.cloud.emr_cli import add_emr_parser, run_emr
-from orchard.config import RunConfig, SparkOptions, parse_conf_pairs
+from orchard.config import RunConfig, SparkOptions, parse_conf_pairs, scrub, secret_values
 from orchard.errors import OrchardError
 
 
@@ -159,14 +161,23 @@ def config_from_args(args: argparse.Namespace, input_uri: str, **overrides) -> R
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run one subcommand; user mistakes print one line and return 2."""
     args = build_parser().parse_args(argv)
+    for name in ("", "py4j", "py4j.java_gateway", "py4j.clientserver"):
+        logging.getLogger(name).addFilter(_broken_gateway_calls)
     try:
         return COMMANDS[args.command](args)
     except OrchardError as error:
-        print(f"orchard: error: {error}", file=sys.stderr)
+        secrets = secret_values(sys.argv[1:] if argv is None else argv, dict(os.environ))
+        print(f"orchard: error: {scrub(str(error), secrets)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("orchard: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+
+
+def _broken_gateway_calls(record: logging.LogRecord) -> bool:
+    """Drop py4j's log of each call the JVM dropped (Ctrl-C stops it: ~50 lines of tracebacks); the exception
+    itself still reaches the caller, so nothing is hidden."""
+    return "while sending command" not in record.getMessage()
 
 
 def _run(args: argparse.Namespace) -> int:

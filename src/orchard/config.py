@@ -15,7 +15,7 @@ from orchard.io.fs import StorageOptions
 # Spark's own default spark.redaction.regex: a setting whose key or value matches is a credential.
 REDACTION = re.compile(r"(?i)secret|password|token|access[.]key")
 REDACTED = "*********(redacted)"
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "webp", "tif", "tiff", "gif")
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "webp", "tif", "tiff", "gif", "heic", "heif")
 PRECISIONS = ("fp32", "int8")
 MASTER_URL = re.compile(r"local(\[(\*|\d+)(,\d+)?\])?|local-cluster\[\d+,\d+,\d+\]|spark://\S+|yarn|k8s://\S+"
                         r"|mesos://\S+")
@@ -116,6 +116,48 @@ def redact_url(url: str) -> str:
         return url
     names = [parameter.partition("=")[0] for parameter in parameters.split(";") if parameter]
     return address + "/;" + ";".join(f"{name}={REDACTED}" for name in names)
+
+
+# Credentials orchard may meet outside --conf: the AWS SDK's environment variables.
+SECRET_ENVIRONMENT = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ACCESS_KEY_ID",
+                      "SPARK_CONNECT_AUTHENTICATE_TOKEN")
+AWS_ACCESS_KEY_ID = re.compile(r"\b(AKIA|ASIA)[A-Z0-9]{16}\b")
+
+
+def credential_settings(args: list[str] | tuple[str, ...]) -> list[str]:
+    """Keys of the credentials in command-line arguments: `--conf KEY=VALUE` whose key or value matches
+    REDACTION, and a Spark Connect URL with parameters (`--remote sc://host/;token=...`)."""
+    found = []
+    for flag, value in zip(args, [*args[1:], ""], strict=True):
+        if flag.startswith("--conf="):
+            flag, value = "--conf", flag[len("--conf="):]
+        key = value.partition("=")[0]
+        if flag == "--conf" and "=" in value and (REDACTION.search(key) or REDACTION.search(value)):
+            found.append(key)
+        elif flag == "--remote" and "/;" in value:
+            found.append("--remote parameters")
+    return found
+
+
+def secret_values(args: list[str] | tuple[str, ...], environment: dict[str, str]) -> list[str]:
+    """Every credential value in the arguments and the environment: what terminal output must never show."""
+    values = [environment[name] for name in SECRET_ENVIRONMENT if environment.get(name)]
+    for flag, value in zip(args, [*args[1:], ""], strict=True):
+        if flag.startswith("--conf="):
+            flag, value = "--conf", flag[len("--conf="):]
+        key, _, setting = value.partition("=")
+        if flag == "--conf" and (REDACTION.search(key) or REDACTION.search(setting)):
+            values.append(setting)
+        elif flag == "--remote" and "/;" in value:
+            values += [part.partition("=")[2] for part in value.partition("/;")[2].split(";") if "=" in part]
+    return [value for value in values if len(value) >= 4]  # shorter ones would blank ordinary words
+
+
+def scrub(text: str, secrets: list[str]) -> str:
+    """`text` with each secret value, and anything shaped like an AWS access key id, replaced by REDACTED."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    return AWS_ACCESS_KEY_ID.sub(REDACTED, text)
 
 
 def _digest(*values) -> str:

@@ -19,7 +19,7 @@ from orchard.errors import ConfigError
 from orchard.io import fs
 
 DATASETS = ("features", "pca", "metadata", "errors", "variance")
-COMMITTED = (*DATASETS, "model", "changes", "csv")  # folders a run builds in staging and moves at commit
+COMMITTED = (*DATASETS, "model", "changes", "csv", "skipped")  # folders a run builds in staging and moves at commit
 VERSION_PATTERN = re.compile(r"^v=(\d{4,})$")
 
 
@@ -30,7 +30,7 @@ class Layout:
     root: str
 
     def __getattr__(self, name: str) -> str:
-        if name in DATASETS or name in ("model", "changes"):
+        if name in DATASETS or name in ("model", "changes", "skipped"):
             return fs.join(self.root, name)
         raise AttributeError(name)
 
@@ -43,6 +43,11 @@ class Layout:
     def staging(self) -> Layout:
         """Where the run builds its datasets, model and CSV copies before the commit moves them to `root`."""
         return Layout(fs.join(self.work, "commit"))
+
+    @property
+    def skipped_list(self) -> str:
+        """The files the listing skipped, with reasons (scratch; committed as `skipped/paths.csv`)."""
+        return fs.join(self.work, "skipped.parquet")
 
     @property
     def rows(self) -> str:

@@ -24,7 +24,7 @@ from orchard import spark as sparkglue
 from orchard.cloud import s3
 from orchard.config import RunConfig, effective_k_rule
 from orchard.engine import engine_for
-from orchard.errors import AccountingError, ConfigError, ResourceError
+from orchard.errors import AccountingError, ConfigError, InputError, ResourceError, StorageError, access_denied
 from orchard.featurize import weights
 from orchard.featurize.batch import WorkerSettings
 from orchard.io import fs, listing
@@ -51,14 +51,24 @@ class RunResult:
     def summary(self) -> str:
         """A few lines for the terminal: counts, speed, PCA, warnings, where the output is."""
         counts, timings, pca = self.info["counts"], self.info["timings"], self.info["pca"]
+        # images featurised by this run: not those of resumed shards, nor an incremental run's unchanged rows
+        featurized = sum(shard["count"] for shard in self.info["shards"] if not shard.get("reused"))
+        rate = f", {featurized / timings['featurize']:.1f} featurising" if featurized and timings["featurize"] else ""
         lines = [
             f"images {counts['listed']}  classes {counts['classes']}  ok {counts['ok']}  "
             f"errors {counts['errors']}",
-            f"seconds {timings['total']:.1f}  images/s {timings['images_per_second']:.1f}  "
+            f"seconds {timings['total']:.1f}  images/s {timings['images_per_second']:.1f} end to end{rate}  "
             f"(featurise {timings['featurize']:.1f}s, PCA {timings['pca']:.1f}s, write {timings['write']:.1f}s)",
             f"PCA k={pca['k']} keeps {100 * pca['kept_variance']:.1f}% of the variance",
             f"output {self.output}",
         ]
+        skipped = counts.get("skipped_by_reason", {})
+        if skipped:
+            reasons = ", ".join(f"{reason} {count}" for reason, count in skipped.items())
+            lines.insert(1, f"skipped {counts['skipped']} files ({reasons}): listed in "
+                         f"{fs.join(self.output, 'skipped', 'paths.csv')}")
+        if any(reason.startswith("inside the orchard output") for reason in skipped):
+            lines.insert(0, "WARNING: an orchard output lies inside the input; its files were left out")
         if not self.info["model"]["meaningful"]:
             lines.insert(0, "WARNING: " + self.info["model"]["description"])
         quantization = self.info["model"].get("quantization")
@@ -132,8 +142,10 @@ def run(config: RunConfig, spark=None) -> RunResult:
     if config.csv:
         with timings.stage("csv"):
             write_csv(spark, staging, pca_summary.k)
+    skipped = write_skipped(layout)
 
     info = run_info(config, spark, source, manifest, found, shard_stats, written, pca_summary, timings, started)
+    info["counts"].update(skipped=sum(skipped.values()), skipped_by_reason=skipped)
     info["outputs"] = {name: getattr(layout, name) for name in (*DATASETS, "model")}
     if config.incremental:
         info["incremental"] = incremental_info(target, changes, len(work), reuse)
@@ -183,6 +195,8 @@ def plan_target(config: RunConfig) -> Target:
     """The folder this run writes; refuses outputs it must not touch (read-only)."""
     if fs.is_file(config.output):
         raise ConfigError(f"--output {config.output} is a file: give a folder (new, or one orchard wrote)")
+    if fs.is_local(config.output):
+        check_writable(config.output)
     if not config.incremental:
         layout = Layout(config.output)
         return Target(layout, output_state(config, layout))
@@ -201,6 +215,28 @@ def plan_target(config: RunConfig) -> Target:
             return Target(layout, "resume", unfinished[-1], base)
     number = max(output.versions(store) or [0]) + 1
     return Target(Layout(fs.join(store, output.version_name(number))), "new", number, base)
+
+
+def check_writable(folder: str) -> None:
+    """A one-line ConfigError, before any work, when a local output folder cannot be made or written.
+
+    The probe is a real one (a folder made and removed in the nearest existing ancestor): permission bits
+    do not tell for root, read-only mounts or /sys.
+    """
+    import os
+    import tempfile
+
+    path = os.path.abspath(folder.removeprefix("file:"))
+    ancestor = path
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise ConfigError(f"--output {folder} cannot be made: {ancestor} is a file; give a folder path")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".orchard-probe-", dir=ancestor))
+    except OSError as error:
+        raise ConfigError(f"--output {folder} cannot be written ({error.strerror} in {ancestor}): choose a folder "
+                          "you may write to") from None
 
 
 def publish(store: str, version: int) -> None:
@@ -272,16 +308,35 @@ def _load_or_list(spark, config: RunConfig, layout: Layout, state: str) -> tuple
         table = fs.read_columns(manifest_uri)
         facts = {key.decode(): int(value) for key, value in table.schema.metadata.items() if key != b"pandas"}
         return table.to_pandas(), facts
-    found = listing.list_images(spark, config.input)
-    cycle_paths = found.attrs.get("cycle_paths", 0)
+    try:
+        found = listing.list_images(spark, config.input, exclude=(config.output,), storage=config.storage)
+    except Exception as error:
+        if not access_denied(error):
+            raise
+        raise InputError(f"cannot list the input {config.input}: access denied (403): the credentials in use may "
+                         "not read that prefix; grant them s3:ListBucket and s3:GetObject on it") from None
+    cycle_paths, skipped = found.attrs.get("cycle_paths", 0), found.attrs.get("skipped", {})
     selected = listing.select(found, config)
     if state == "replace":
         fs.remove_tree(layout.root)
     fs.write_json(fs.join(layout.work, "config.json"),
                   {"fingerprint": config.fingerprint(), "config": config.to_dict()})
+    fs.write_parquet(layout.skipped_list, pa.table({"path": list(skipped), "reason": list(skipped.values())},
+                                                   schema=SKIPPED_SCHEMA))
     fs.write_parquet(manifest_uri, pa.Table.from_pandas(selected, preserve_index=False).replace_schema_metadata(
         {"found": str(len(found)), "cycle_paths": str(cycle_paths)}))
     return selected, {"found": len(found), "cycle_paths": cycle_paths}
+
+
+SKIPPED_SCHEMA = pa.schema([("path", pa.string()), ("reason", pa.string())])
+
+
+def write_skipped(layout: Layout) -> dict[str, int]:
+    """The listing's skipped files as `skipped/paths.csv` in the staging; returns their counts by reason."""
+    empty = SKIPPED_SCHEMA.empty_table()  # a run resumed from an older orchard's _work/ has no list
+    frame = (fs.read_columns(layout.skipped_list) if fs.exists(layout.skipped_list) else empty).to_pandas()
+    fs.write_bytes(fs.join(layout.staging.skipped, "paths.csv"), frame.to_csv(index=False).encode())
+    return listing.skipped_summary(dict(zip(frame["path"], frame["reason"], strict=True)))
 
 
 def worker_settings(config: RunConfig, threads: int) -> WorkerSettings:
@@ -340,7 +395,8 @@ def featurize_shards(spark, manifest: pd.DataFrame, source, config: RunConfig, l
             done_before = sum(s["count"] for s in finished)
 
             def report(share: float, done_before: int = done_before, images: int = len(rows)) -> None:
-                progress.update(done_before + int(share * images))
+                # an estimate from finished tasks; the shard counts in full only once its stats are written
+                progress.update(done_before + min(int(share * images), images - 1))
 
             with engine.watch(f"orchard-shard-{shard}", report):
                 started = time.perf_counter()
@@ -377,6 +433,9 @@ def _run_shard(spark, udf, rows: pd.DataFrame, target: str, slots: int, images_p
     try:
         result.write.mode("overwrite").parquet(target)
     except Exception as error:
+        transient = sparkglue.transient_failure(error)
+        if transient is not None:  # never image errors: the run stops, a rerun resumes
+            raise StorageError(f"{transient} (finished shards are kept)") from None
         reason = sparkglue.explain_job_failure(error)
         if reason is None:
             raise
@@ -384,14 +443,16 @@ def _run_shard(spark, udf, rows: pd.DataFrame, target: str, slots: int, images_p
 
 
 def _shard_stats(shard: int, rows_uri: str, elapsed: float) -> dict:
-    """A shard's stats file: counts, wall seconds and the worker seconds its rows carry."""
+    """A shard's stats file: counts, wall seconds, and the worker seconds and counts (schema.COUNTS) its rows
+    carry."""
     import pyarrow.compute as pc
 
-    table = fs.read_columns(rows_uri, ["error", *schema.SECONDS])
+    table = fs.read_columns(rows_uri, ["error", *schema.SECONDS, *schema.COUNTS])
     count, ok = table.num_rows, table["error"].null_count  # a null error means the image was featurised
     worker = {name.removeprefix("seconds_"): float(pc.sum(table[name]).as_py() or 0.0) for name in schema.SECONDS}
+    tallies = {name: int(pc.sum(table[name]).as_py() or 0) for name in schema.COUNTS}
     return {"shard": shard, "count": count, "ok": ok, "errors": count - ok, "seconds": elapsed,
-            "worker_seconds": worker}
+            "worker_seconds": worker, **tallies}
 
 
 def part_count(rows: int, bytes_per_row: int) -> int:
@@ -505,9 +566,19 @@ def run_info(config, spark, source, manifest, found, shard_stats, written, pca_s
                    "rows": written["rows"], "distinct_paths": written["distinct_paths"],
                    "classes": written["classes"], "errors_by_stage": written["errors_by_stage"]},
         "shards": shard_stats,
+        "storage": storage_info(shard_stats),
         "timings": timings,
         "pca": pca_summary.to_dict(),
     }
+
+
+def storage_info(shard_stats: list[dict]) -> dict:
+    """run.json's "storage": the image reads retried after a passing failure (throttling, resets) and the
+    retry policy; a shard of an older orchard counts none."""
+    from orchard.io.reader import DEFAULT_POLICY
+
+    return {"read_retries": sum(s.get("read_retries", 0) for s in shard_stats),
+            "read_attempts_per_file": DEFAULT_POLICY.attempts, "s3_attempts_per_request": fs.S3_REQUEST_ATTEMPTS}
 
 
 def check_accounting(counts: dict) -> None:

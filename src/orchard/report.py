@@ -429,7 +429,11 @@ def render_page(folder: str, info: dict, sections: list[Section]) -> str:
             f'<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<style>{STYLE}</style></head><body><main>"
-            f"<h1>{escape(title)}</h1><p>{info['counts']['listed']:,} images listed, finished "
+            f"<h1>{escape(title)}</h1><p>{info['counts']['listed']:,} images listed, "
+            + (f"{info['counts']['skipped']:,} other files skipped (skipped/paths.csv: "
+               + escape(", ".join(f"{r} {n}" for r, n in info["counts"]["skipped_by_reason"].items())) + "), "
+               if info["counts"].get("skipped") else "")
+            + "finished "
             f"{escape(info.get('finished_at', ''))}, orchard {escape(info.get('orchard_version', ''))}.</p>"
             f"{banner}<nav>{contents}</nav>{''.join(parts)}</main></body></html>\n")
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchard.config import REDACTED, REDACTION, credential_settings
 from orchard.errors import ConfigError
 
 try:
@@ -164,8 +165,10 @@ def parse_config(data: dict[str, Any], source: str = "config") -> EmrConfig:
                         fix="a key prefix inside the bucket without spaces, e.g. orchard").strip("/"),
         weights=top.take("weights", str, "imagenet", check=lambda v: v in ("imagenet", "random") or _is_s3_uri(v),
                          fix="'imagenet', 'random' or the s3:// URI of a Keras MobileNetV2 no-top .h5 file"),
-        run_args=tuple(top.take("run_args", list, [], check=lambda v: all(isinstance(a, str) for a in v),
-                                fix="a list of strings, extra `orchard run` options, e.g. [\"--k\", \"50\"]")),
+        run_args=_without_credentials(
+            tuple(top.take("run_args", list, [], check=lambda v: all(isinstance(a, str) for a in v),
+                           fix="a list of strings, extra `orchard run` options, e.g. [\"--k\", \"50\"]")),
+            source),
         idle_timeout_minutes=top.take("idle_timeout_minutes", int, 30, check=lambda v: 1 <= v <= 10080,
                                       fix="1 to 10080 minutes (EMR allows 60 s to 7 days)"),
         key_name=top.take("key_name", str, None),
@@ -294,13 +297,14 @@ class _Table:
                 raise ConfigError(f"{self.source}: missing key {self._name(key)}; set it to {fix}")
             return default
         value = self.data[key]
+        shown = REDACTED if _looks_secret(key, value) else repr(value)  # messages never print a credential
         kinds = kind if isinstance(kind, tuple) else (kind,)
         if isinstance(value, bool) or not isinstance(value, kinds):
             wanted = " or ".join(k.__name__ for k in kinds)
-            raise ConfigError(f"{self.source}: {self._name(key)} = {value!r} must be a {wanted}"
+            raise ConfigError(f"{self.source}: {self._name(key)} = {shown} must be a {wanted}"
                               + (f"; use {fix}" if fix else ""))
         if check is not None and not check(value):
-            raise ConfigError(f"{self.source}: {self._name(key)} = {value!r} is not valid; use {fix}")
+            raise ConfigError(f"{self.source}: {self._name(key)} = {shown} is not valid; use {fix}")
         return value
 
     def table(self, key: str) -> _Table:
@@ -315,3 +319,19 @@ class _Table:
             close = difflib.get_close_matches(key, sorted(self.taken), n=1)
             hint = f"did you mean {self._name(close[0])}?" if close else f"known keys: {', '.join(sorted(self.taken))}"
             raise ConfigError(f"{self.source}: unknown key {self._name(key)}; {hint} (see deploy/emr.example.toml)")
+
+
+def _looks_secret(key: str, value: Any) -> bool:
+    """A config value that must not appear in a message: by its key, or by what it holds."""
+    return bool(REDACTION.search(key) or REDACTION.search(str(value)))
+
+
+def _without_credentials(run_args: tuple[str, ...], source: str) -> tuple[str, ...]:
+    """Refuse credentials in run_args: step arguments are readable by anyone who may describe the cluster,
+    and are kept in its logs; the cluster reads S3 with its instance profile instead."""
+    found = credential_settings(run_args)
+    if found:
+        raise ConfigError(f"{source}: run_args sets {', '.join(found)}, a credential: EMR step arguments are readable "
+                          "by anyone who may describe the cluster; remove it (the cluster's instance_profile role "
+                          "gives S3 access)")
+    return run_args

@@ -66,9 +66,19 @@ def _local() -> pafs.LocalFileSystem:
     return pafs.LocalFileSystem()
 
 
+# S3 through pyarrow: each request (HEAD, GET, PUT, LIST) is tried up to S3_REQUEST_ATTEMPTS times by the AWS
+# SDK's standard retry strategy (jittered exponential backoff; 503 SlowDown, 5xx, resets and timeouts are
+# retried). What still fails is retried again per file by io/reader.py (image reads), never recorded as a bad
+# image. Slow responses are waited for (S3_REQUEST_TIMEOUT) rather than retried into more load.
+S3_REQUEST_ATTEMPTS = 5
+S3_CONNECT_TIMEOUT = 10.0  # seconds
+S3_REQUEST_TIMEOUT = 60.0  # seconds without data on a socket
+
+
 @lru_cache(maxsize=8)
 def _s3(endpoint: str | None, region: str | None) -> pafs.S3FileSystem:
-    kwargs: dict = {}
+    kwargs: dict = {"retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=S3_REQUEST_ATTEMPTS),
+                    "connect_timeout": S3_CONNECT_TIMEOUT, "request_timeout": S3_REQUEST_TIMEOUT}
     if endpoint:
         parsed = urlparse(endpoint)
         kwargs["endpoint_override"] = parsed.netloc or endpoint
@@ -229,3 +239,11 @@ def tree_size(uri: str, storage: StorageOptions | None = None) -> int:
         return 0
     infos = filesystem.get_file_info(pafs.FileSelector(path, recursive=True))
     return sum(info.size or 0 for info in infos if info.type == pafs.FileType.File)
+
+
+def walk_files(uri: str, storage: StorageOptions | None = None) -> list[tuple[str, int, int | None]]:
+    """(path inside the filesystem, size, modified_us) of every file under a folder, at any depth."""
+    filesystem, path = resolve(uri, storage)
+    infos = filesystem.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    return [(info.path, info.size, info.mtime_ns // 1000 if info.mtime_ns is not None else None)
+            for info in infos if info.type == pafs.FileType.File]

@@ -12,7 +12,7 @@ import fnmatch
 import hashlib
 import math
 import os
-import re
+import stat
 from contextlib import contextmanager
 from functools import lru_cache
 from urllib.parse import unquote
@@ -41,21 +41,120 @@ def extension_glob(extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> str:
     return "*.{" + ",".join(insensitive(ext) for ext in extensions) + "}"
 
 
-def list_images(spark, root: str) -> pd.DataFrame:
+def list_images(spark, root: str, exclude: tuple[str, ...] = (),
+                storage: fs.StorageOptions | None = None) -> pd.DataFrame:
     """Every image file under `root` (recursive), as a manifest: path, rel, label, split, size, modified_us
     (modification time, microseconds since the epoch: an instant, whatever the time zone).
 
-    Spark treats names starting with '.' or '_' as hidden and does not list them. Zero-byte files are
-    listed (with size 0) so that they end up in errors/ rather than vanish.
+    Every other file under `root` is accounted for in `manifest.attrs["skipped"]` (path -> reason): see
+    `account_for_every_file`. Zero-byte files are listed (with size 0) so that they end up in errors/.
+    Folders in `exclude` (e.g. the run's own output, when it lies inside the input) are skipped.
     """
     qualified_root = engine_for(spark).qualify(root)
     local = qualified_root.startswith("file:")
     with _session_conf(spark, {**LISTING_CONF, **(LOCAL_LISTING_CONF if local else {})}):
         paths, sizes, mtimes = _list(spark, root)
     manifest = build_manifest(paths, sizes, mtimes, qualified_root)
-    if local:
-        manifest = reconcile_local(manifest, qualified_root[len("file:"):])
+    excluded = tuple(engine_for(spark).qualify(folder) for folder in exclude)
+    return account_for_every_file(manifest, qualified_root, excluded, storage)
+
+
+def account_for_every_file(manifest: pd.DataFrame, root: str, exclude: tuple[str, ...] = (),
+                           storage: fs.StorageOptions | None = None) -> pd.DataFrame:
+    """Walk every regular file under `root` and put right what Hadoop's listing hides or gets wrong.
+
+    - Names starting with '_' (camera files such as _DSC0001.jpg) are hidden by Hadoop: they are added.
+    - Names starting with '.' (.DS_Store, ._IMG.jpg resource forks, .git/) are skipped as hidden.
+    - Files without an image extension are skipped, naming the extension.
+    - Everything inside an orchard output folder (the run's own output, or any folder holding `_SUCCESS`
+      and `run.json`, `_LATEST` or `_work/config.json`) is skipped, images included.
+    - Local trees: see `reconcile_local` (links, cycles, unreadable files).
+    The skipped files are `attrs["skipped"]`, a dict path -> reason.
+    """
+    files = list(_walk(root, storage))
+    outputs = {folder.rstrip("/") for folder in exclude} | _orchard_outputs(path for path, _, _ in files)
+    inside = [folder + "/" for folder in sorted(outputs)]
+
+    def in_output(path: str) -> str | None:
+        return next((folder[:-1] for folder in inside if path.startswith(folder)), None)
+
+    output_of = manifest["path"].map(in_output)
+    skipped = {path: f"inside the orchard output {folder}"
+               for path, folder in zip(manifest["path"][output_of.notna()], output_of.dropna(), strict=True)}
+    manifest = manifest[output_of.isna()]
+    listed = set(manifest["path"])
+    unlisted = []
+    for path, size, modified in files:
+        if path not in listed:
+            reason = skip_reason(relative(path, root), in_output(path))
+            if reason is None:
+                unlisted.append((path, size, modified))
+            else:
+                skipped[path] = reason
+    if root.startswith("file:"):
+        manifest = reconcile_local(manifest, root[len("file:"):], unlisted)
+    elif unlisted:  # on object stores only Hadoop's hidden names go unlisted: those are images to read
+        paths, sizes, mtimes = zip(*unlisted, strict=True)
+        extra = build_manifest(list(paths), list(sizes), list(mtimes), root)
+        manifest = pd.concat([manifest, extra], ignore_index=True).sort_values("path", ignore_index=True)
+    manifest = manifest.reset_index(drop=True)
+    manifest.attrs["cycle_paths"] = int(manifest.attrs.get("cycle_paths", 0))
+    manifest.attrs["skipped"] = dict(sorted(skipped.items()))
     return manifest
+
+
+def skip_reason(rel: str, output_folder: str | None) -> str | None:
+    """Why a file orchard will not featurise is skipped; None for an image it reads (hidden by Hadoop or not)."""
+    if output_folder is not None:
+        return f"inside the orchard output {output_folder}"
+    parts = rel.split("/")
+    if any(part.startswith(".") for part in parts):
+        return "hidden (a name starting with '.')"
+    name = parts[-1]
+    extension = name.rsplit(".", 1)[-1].lower() if "." in name else ""
+    if extension not in IMAGE_EXTENSIONS:
+        return f"not an image format orchard reads (.{extension})" if extension else "no file extension"
+    return None
+
+
+def skipped_summary(skipped: dict[str, str]) -> dict[str, int]:
+    """Skipped files counted by reason, most common first."""
+    counts = pd.Series(list(skipped.values()), dtype="object").value_counts()
+    return {str(reason): int(count) for reason, count in counts.items()}
+
+
+def _orchard_outputs(paths) -> set[str]:
+    """Folders that are orchard outputs, from the files found under them."""
+    markers: dict[str, set[str]] = {}
+    for path in paths:
+        folder, name = path.rsplit("/", 1)
+        markers.setdefault(folder, set()).add(name)
+    outputs = {folder for folder, names in markers.items()
+               if {"_SUCCESS", "run.json"} <= names or "_LATEST" in names}
+    outputs |= {folder.rsplit("/", 1)[0] for folder, names in markers.items()
+                if folder.endswith("/_work") and "config.json" in names}
+    return outputs
+
+
+def _walk(root: str, storage: fs.StorageOptions | None):
+    """(path in the listing's form, size, modified_us) of every file under `root`, links included."""
+    if root.startswith("file:"):
+        for directory, _, names in os.walk(root[len("file:"):]):
+            for name in names:
+                path = f"{directory}/{name}"
+                try:
+                    status = os.stat(path)  # a link's target
+                except OSError:
+                    try:
+                        status = os.lstat(path)  # a broken link or a loop: reconcile_local names it
+                    except OSError:
+                        continue
+                if stat.S_ISREG(status.st_mode) or stat.S_ISLNK(status.st_mode):
+                    yield f"file:{path}", status.st_size, status.st_mtime_ns // 1000
+        return
+    scheme = root.split("://", 1)[0]
+    for path, size, modified in fs.walk_files(root, storage):
+        yield f"{scheme}://{path}", size, modified
 
 
 def _list(spark, root: str) -> tuple[list[str], list[int], list]:
@@ -101,31 +200,26 @@ def _session_conf(spark, values: dict[str, str]):
             spark.conf.unset(key)
 
 
-def reconcile_local(manifest: pd.DataFrame, root: str) -> pd.DataFrame:
-    """Local trees: what Hadoop's listing gets wrong with symbolic links, put right.
+def reconcile_local(manifest: pd.DataFrame, root: str, unlisted: list[tuple[str, int, int | None]]) -> pd.DataFrame:
+    """Local trees: what Hadoop's listing gets wrong, put right, given the image files it did not list.
 
-    Hadoop silently drops broken links and links to themselves, and follows a directory link back to
-    an ancestor until the path is too long, listing the same files again under ever-longer paths.
-    Dropped entries come back as `list` errors; paths through a directory cycle are removed (their
-    files are listed once through the real path) and counted in `manifest.attrs["cycle_paths"]`.
+    Hadoop silently drops broken links, links to themselves and names starting with '_', and follows a
+    directory link back to an ancestor until the path is too long, listing the same files again under
+    ever-longer paths. Readable '_' files are added; other unlisted files come back as `list` errors;
+    paths through a directory cycle are removed (their files are listed once through the real path) and
+    counted in `manifest.attrs["cycle_paths"]`.
     """
     real_root = os.path.realpath(root)
     cyclic = {d for d in {p.rsplit("/", 1)[0] for p in manifest["path"]}
               if _through_cycle(d[len("file:"):], root, real_root)}
     in_cycle = manifest["path"].map(lambda p: p.rsplit("/", 1)[0] in cyclic).astype(bool)  # bool when empty too
     kept = manifest[~in_cycle]
-    listed = set(kept["path"])
-    pattern = re.compile(r".*\.(" + "|".join(IMAGE_EXTENSIONS) + ")$", re.IGNORECASE)
-    missing: dict[str, str] = {}
-    for directory, folders, files in os.walk(root):
-        folders[:] = [f for f in folders if not f.startswith((".", "_"))]
-        for name in files:
-            path = f"file:{directory}/{name}"
-            if not name.startswith((".", "_")) and pattern.match(name) and path not in listed:
-                missing[path] = _unlisted_reason(f"{directory}/{name}")
-    if missing:
-        extra = build_manifest(list(missing), [0] * len(missing), [None] * len(missing), "file:" + root)
-        extra["list_error"] = extra["path"].map(missing)
+    if unlisted:
+        paths, sizes, mtimes = zip(*unlisted, strict=True)
+        extra = build_manifest(list(paths), list(sizes), list(mtimes), "file:" + root)
+        reasons = extra["path"].map(lambda path: _unlisted_reason(path[len("file:"):]))
+        extra["list_error"] = reasons
+        extra.loc[reasons.notna(), ["size", "modified_us"]] = [0, None]
         kept = pd.concat([kept, extra], ignore_index=True).sort_values("path", ignore_index=True)
     kept.attrs["cycle_paths"] = int(in_cycle.sum())
     return kept
@@ -150,7 +244,7 @@ def _realpath(path: str) -> str:
     return os.path.realpath(path)
 
 
-def _unlisted_reason(path: str) -> str:
+def _unlisted_reason(path: str) -> str | None:
     if os.path.islink(path):
         try:
             os.stat(path)
@@ -160,6 +254,8 @@ def _unlisted_reason(path: str) -> str:
             return "broken symbolic link (its target does not exist)"
     if not os.access(path, os.R_OK):
         return "permission denied"
+    if any(part.startswith("_") for part in path.split("/")):
+        return None  # hidden from Hadoop by its name, but a readable image: featurised
     return "not listed by Spark (unreadable or special file)"
 
 
@@ -197,9 +293,11 @@ def label_and_split(rel: str) -> tuple[str, str]:
 def select(manifest: pd.DataFrame, config: RunConfig) -> pd.DataFrame:
     """Apply --classes, --splits and --limit; an empty result is a one-line error saying what exists."""
     if manifest.empty:
-        raise ConfigError(
-            f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {config.input}: check the path"
-        )
+        skipped = skipped_summary(manifest.attrs.get("skipped", {}))
+        shown = "; ".join(f"{reason}: {count}" for reason, count in list(skipped.items())[:3])
+        raise ConfigError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {config.input}"
+                          + (f" (skipped {sum(skipped.values())} files: {shown})" if skipped else "")
+                          + ": check the path")
     selected = manifest
     if config.splits:
         selected = selected[selected["split"].isin(config.splits)]
