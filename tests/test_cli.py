@@ -238,3 +238,19 @@ def test_hidden_names_heic_photos_and_other_files_are_all_accounted_for(tmp_path
     listed = (out / "skipped" / "paths.csv").read_text().splitlines()
     assert listed[0] == "path,reason" and len(listed) == 1 + info["counts"]["skipped"]
     assert any(line.endswith("/notes.txt,not an image format orchard reads (.txt)") for line in listed)
+
+
+def test_storage_that_keeps_failing_on_the_driver_is_one_line(monkeypatch, capsys):
+    """A read on the driver (int8 calibration samples images there) that fails after every retry: one line,
+    exit 2, the way to resume; never a traceback."""
+    from orchard import cli
+    from orchard.errors import TRANSIENT_MARK, TransientReadError
+
+    def throttled(args):
+        raise TransientReadError(f"{TRANSIENT_MARK} reading s3://b/in/1.jpg failed 4 times (503 SlowDown)",
+                                 "s3://b/in/1.jpg", 4)
+
+    monkeypatch.setitem(cli.COMMANDS, "run", throttled)
+    assert cli.main(["run", "s3://b/in", "--output", "s3://b/out"]) == 2
+    assert capsys.readouterr().err == (f"orchard: error: {TRANSIENT_MARK} reading s3://b/in/1.jpg failed 4 times "
+                                       "(503 SlowDown); rerun the same command to resume\n")

@@ -12,7 +12,7 @@ from orchard.apps_cli import APP_COMMANDS, add_app_commands
 from orchard.cliargs import add_storage_options, storage_from_args
 from orchard.cloud.emr_cli import add_emr_parser, run_emr
 from orchard.config import RunConfig, SparkOptions, parse_conf_pairs, scrub, secret_values
-from orchard.errors import OrchardError
+from orchard.errors import OrchardError, TransientReadError
 
 
 def _split_list(value: str) -> tuple[str, ...]:
@@ -165,9 +165,10 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).addFilter(_broken_gateway_calls)
     try:
         return COMMANDS[args.command](args)
-    except OrchardError as error:
+    except (OrchardError, TransientReadError) as error:  # the latter: a read on the driver (int8 calibration)
         secrets = secret_values(sys.argv[1:] if argv is None else argv, dict(os.environ))
-        print(f"orchard: error: {scrub(str(error), secrets)}", file=sys.stderr)
+        resume = "; rerun the same command to resume" if isinstance(error, TransientReadError) else ""
+        print(f"orchard: error: {scrub(str(error), secrets)}{resume}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("orchard: interrupted; rerun the same command to resume", file=sys.stderr)
