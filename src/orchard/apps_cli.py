@@ -35,7 +35,8 @@ def add_app_commands(commands) -> None:
     train.add_argument("--max-iter", type=int, default=100, help="optimiser iterations at most (default 100)")
     train.add_argument("--train-split", default="Training", help="split to fit on (default: Training)")
     train.add_argument("--test-split", default="Test", help="split to evaluate on (default: Test)")
-    train.add_argument("--master", help="Spark master URL (default: local[*])")
+    train.add_argument("--master", help="Spark master URL, e.g. local[4], spark://host:7077, yarn "
+                                        "(default: spark-submit's choice, local[*] when run directly)")
     train.add_argument("--remote", metavar="URL", help="run on Spark Connect (sc://host:15002 or local[N])")
     train.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
                        help="extra Spark configuration, repeatable")

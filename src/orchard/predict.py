@@ -6,9 +6,10 @@ both files). `Predictor` repeats the Spark pipeline's arithmetic exactly (MLlib'
 uncentred PCA projection, the multinomial softmax), so its probabilities equal the PipelineModel's.
 
 Nearest neighbours are an exact NumPy search over the collection's PCA vectors (float64, 8 bytes per component
-per image in memory): one matrix-vector product, ~4 ms (p95 11 ms) for 100,000 images of 100 components on the
-2-core reference machine (benchmarks/serve_load.py), linear in size. An approximate index (FAISS, ScaNN, HNSW)
-should take over beyond about a million images, or when search latency or queries per second matter.
+per image in memory): one matrix-vector product, 15.7 ms p50 (p95 16.7 ms) for 100,000 images of 100
+components on the 2-core AMD EPYC machine (benchmarks/serve_load.py, README), linear in size. An
+approximate index (FAISS, ScaNN, HNSW) should take over beyond about a million images, or when search
+latency or queries per second matter.
 """
 
 from __future__ import annotations
