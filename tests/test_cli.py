@@ -120,7 +120,7 @@ def test_sample_then_run_prints_a_summary(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "images 24  classes 3  ok 24  errors 0" in result.stdout
     assert "WARNING: RANDOM weights" in result.stdout
-    assert "featurising 24/24 images" in result.stderr  # progress
+    assert "featurised 24/24 images (100.0%)" in result.stderr  # progress, its final line
     assert json.loads((out / "run.json").read_text())["pca"]["k"] == 4
     again = orchard("run", str(data), "--output", str(out), "--weights", "random")
     assert again.returncode == 2 and "already holds a finished run" in again.stderr
