@@ -128,7 +128,7 @@ def credential_settings(args: list[str] | tuple[str, ...]) -> list[str]:
     """Keys of the credentials in command-line arguments: `--conf KEY=VALUE` whose key or value matches
     REDACTION, and a Spark Connect URL with parameters (`--remote sc://host/;token=...`)."""
     found = []
-    for flag, value in zip(args, [*args[1:], ""], strict=True):
+    for flag, value in zip(args, [*args[1:], ""][:len(args)], strict=True):
         if flag.startswith("--conf="):
             flag, value = "--conf", flag[len("--conf="):]
         key = value.partition("=")[0]
@@ -142,7 +142,7 @@ def credential_settings(args: list[str] | tuple[str, ...]) -> list[str]:
 def secret_values(args: list[str] | tuple[str, ...], environment: dict[str, str]) -> list[str]:
     """Every credential value in the arguments and the environment: what terminal output must never show."""
     values = [environment[name] for name in SECRET_ENVIRONMENT if environment.get(name)]
-    for flag, value in zip(args, [*args[1:], ""], strict=True):
+    for flag, value in zip(args, [*args[1:], ""][:len(args)], strict=True):
         if flag.startswith("--conf="):
             flag, value = "--conf", flag[len("--conf="):]
         key, _, setting = value.partition("=")

@@ -23,6 +23,7 @@ from PIL import Image, ImageOps
 IMAGE_SIZE = 224
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _EXIF_ORIENTATION_TAG = 0x0112
+_PILLOW_DEFAULT_PIXELS = Image.MAX_IMAGE_PIXELS
 # ISO-BMFF brands of HEIF stills (bytes 8-12, after the 'ftyp' box type at 4-8)
 _HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")
 
@@ -130,7 +131,9 @@ def _register_heif() -> None:
 def _decode_with_pillow(data: bytes, limits: Limits) -> tuple[np.ndarray, int, int]:
     if is_heif(data):
         _register_heif()
-    Image.MAX_IMAGE_PIXELS = limits.max_pixels  # Pillow's own guard agrees with --max-pixels
+    # Pillow's process-wide guard may only rise (for a --max-pixels above its default), never fall: one
+    # caller's lower limit must not refuse another's images. _check_pixels applies this call's own limit.
+    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, limits.max_pixels, _PILLOW_DEFAULT_PIXELS)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -42,6 +42,7 @@ class RetryPolicy:
     cap: float = 8.0
 
     def delay(self, retry: int) -> float:
+        """Seconds to wait before retry number `retry` (0-based): full jitter under a doubling, capped bound."""
         return random.uniform(0.0, min(self.cap, self.base * 2**retry))
 
 
