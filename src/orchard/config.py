@@ -124,32 +124,29 @@ SECRET_ENVIRONMENT = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURIT
 AWS_ACCESS_KEY_ID = re.compile(r"\b(AKIA|ASIA)[A-Z0-9]{16}\b")
 
 
-def credential_settings(args: list[str] | tuple[str, ...]) -> list[str]:
-    """Keys of the credentials in command-line arguments: `--conf KEY=VALUE` whose key or value matches
-    REDACTION, and a Spark Connect URL with parameters (`--remote sc://host/;token=...`)."""
-    found = []
+def _credentials_in(args: list[str] | tuple[str, ...]):
+    """(name, values) of each credential in command-line arguments: a `--conf KEY=VALUE` whose key or value
+    matches REDACTION, and a Spark Connect URL with parameters (`--remote sc://host/;token=...`)."""
     for flag, value in zip(args, [*args[1:], ""][:len(args)], strict=True):
         if flag.startswith("--conf="):
             flag, value = "--conf", flag[len("--conf="):]
-        key = value.partition("=")[0]
-        if flag == "--conf" and "=" in value and (REDACTION.search(key) or REDACTION.search(value)):
-            found.append(key)
+        key, equals, setting = value.partition("=")
+        if flag == "--conf" and equals and (REDACTION.search(key) or REDACTION.search(setting)):
+            yield key, [setting]
         elif flag == "--remote" and "/;" in value:
-            found.append("--remote parameters")
-    return found
+            parameters = value.partition("/;")[2].split(";")
+            yield "--remote parameters", [part.partition("=")[2] for part in parameters if "=" in part]
+
+
+def credential_settings(args: list[str] | tuple[str, ...]) -> list[str]:
+    """Names of the credentials in command-line arguments (see `_credentials_in`)."""
+    return [name for name, _ in _credentials_in(args)]
 
 
 def secret_values(args: list[str] | tuple[str, ...], environment: dict[str, str]) -> list[str]:
     """Every credential value in the arguments and the environment: what terminal output must never show."""
     values = [environment[name] for name in SECRET_ENVIRONMENT if environment.get(name)]
-    for flag, value in zip(args, [*args[1:], ""][:len(args)], strict=True):
-        if flag.startswith("--conf="):
-            flag, value = "--conf", flag[len("--conf="):]
-        key, _, setting = value.partition("=")
-        if flag == "--conf" and (REDACTION.search(key) or REDACTION.search(setting)):
-            values.append(setting)
-        elif flag == "--remote" and "/;" in value:
-            values += [part.partition("=")[2] for part in value.partition("/;")[2].split(";") if "=" in part]
+    values += [value for _, found in _credentials_in(args) for value in found]
     return [value for value in values if len(value) >= 4]  # shorter ones would blank ordinary words
 
 

@@ -79,7 +79,7 @@ def account_for_every_file(manifest: pd.DataFrame, root: str, exclude: tuple[str
         return next((folder[:-1] for folder in inside if path.startswith(folder)), None)
 
     output_of = manifest["path"].map(in_output)
-    skipped = {path: f"inside the orchard output {folder}"
+    skipped = {path: skip_reason(relative(path, root), folder)
                for path, folder in zip(manifest["path"][output_of.notna()], output_of.dropna(), strict=True)}
     manifest = manifest[output_of.isna()]
     listed = set(manifest["path"])
