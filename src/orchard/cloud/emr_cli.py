@@ -138,8 +138,8 @@ def _waiting(args: argparse.Namespace):
 
 def _plan(args: argparse.Namespace) -> int:
     from orchard import __version__
-    from orchard.cloud import emr
-    from orchard.cloud.emr_cost import estimate
+    from orchard.cloud import emr, throughput
+    from orchard.cloud.emr_cost import compare_families, comparison_table, estimate
 
     config = _config(args)
     run_id = "RUN-ID"
@@ -153,7 +153,10 @@ def _plan(args: argparse.Namespace) -> int:
         print(emr.describe_json(request))
         return 0
     print("\n".join(emr.request_summary(request)))
-    print(estimate(config, images=args.images).table())
+    cost = estimate(config, images=args.images)
+    print(cost.table())
+    print(comparison_table(compare_families(config, cost.prices), throughput.precision_of(config.run_args),
+                           cost.prices.currency))
     return 0
 
 

@@ -55,7 +55,7 @@ class Estimate:
     """Assumptions behind the run-time estimate (see docs/aws.md for where the defaults come from)."""
 
     images: int | None = None
-    images_per_second_per_vcpu: float = 72.0
+    images_per_second_per_vcpu: float | None = None  # None: measured for the core family (cloud/throughput.py)
     startup_minutes: float = 12.0
     fixed_minutes: float = 3.0
     spot_price_factor: float | None = None  # None: the price table's factor
@@ -229,8 +229,8 @@ def _group(table: _Table, role: str, instance_type: str, count: int, market: str
 def _estimate(table: _Table) -> Estimate:
     estimate = Estimate(
         images=table.take("images", int, None, check=lambda v: v > 0, fix="a positive number of images"),
-        images_per_second_per_vcpu=float(table.take("images_per_second_per_vcpu", (int, float), 72.0,
-                                                    check=lambda v: v > 0, fix="a positive number")),
+        images_per_second_per_vcpu=table.take("images_per_second_per_vcpu", (int, float), None,
+                                              check=lambda v: v > 0, fix="a positive number"),
         startup_minutes=float(table.take("startup_minutes", (int, float), 12.0, check=lambda v: v >= 0,
                                          fix="minutes from run_job_flow to a ready cluster, >= 0")),
         fixed_minutes=float(table.take("fixed_minutes", (int, float), 3.0, check=lambda v: v >= 0,

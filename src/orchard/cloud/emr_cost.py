@@ -2,8 +2,9 @@
 
 Per instance and hour: EC2 on-demand (times the spot factor for spot groups) + the EMR uplift (charged in full
 on spot) + its EBS gp3 volume (GB-month price / 730 hours). A run is estimated as startup + fixed costs +
-images / (images per second per executor vCPU x executor vCPUs); every number is an estimate and is printed
-as one.
+images / (images per second per executor vCPU x executor vCPUs), the throughput measured for the core nodes'
+instance family at the run's precision (`cloud/throughput.py`) unless the config sets one; every number is an
+estimate and is printed as one. `compare_families` sets the cost per image of other families beside it.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ import json
 from dataclasses import dataclass
 from importlib import resources
 
+from orchard.cloud import throughput
 from orchard.cloud.emr_config import EmrConfig, NodeGroup
 from orchard.errors import ConfigError
 
 HOURS_PER_MONTH = 730  # AWS' convention for GB-month prices
+ASSUMED_PER_VCPU = 72.0  # images/s per vCPU for a family orchard has no measurement of (see docs/aws.md)
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,7 @@ class CostEstimate:
     groups: tuple[GroupCost, ...]
     images: int | None
     images_per_second_per_vcpu: float
+    throughput_basis: str  # where images_per_second_per_vcpu comes from
     startup_hours: float
     fixed_hours: float
     idle_hours: float
@@ -131,6 +135,7 @@ class CostEstimate:
             f"{self.fixed_hours * 60:.0f} min + compute {self.compute_hours * 60:.1f} min "
             f"({self.images_per_second_per_vcpu:g} images/s per vCPU x {self.executor_vcpus} executor vCPUs) = "
             f"{self.run_hours:.2f} h -> {self.run_cost:.2f} {money} with --terminate-after")
+        lines.append(f"throughput: {self.throughput_basis}")
         lines.append(f"left idle afterwards, the cluster ends at the {self.idle_hours * 60:.0f}-min idle timeout: "
                      f"+{self.idle_cost:.2f} {money} (total {self.run_cost + self.idle_cost:.2f} {money})")
         return "\n".join(lines)
@@ -169,9 +174,84 @@ def estimate(config: EmrConfig, prices: PriceTable | None = None, images: int | 
         factor = prices.spot_price_factor if group.market == "SPOT" else 1.0
         groups.append(GroupCost(group, price.ec2 * factor, price.emr,
                                 group.ebs_gb * prices.ebs_gb_month / HOURS_PER_MONTH, price.vcpu))
+    per_vcpu, basis = executor_throughput(config)
     return CostEstimate(
         prices=prices, groups=tuple(groups), images=images or config.estimate.images,
-        images_per_second_per_vcpu=config.estimate.images_per_second_per_vcpu,
+        images_per_second_per_vcpu=per_vcpu, throughput_basis=basis,
         startup_hours=config.estimate.startup_minutes / 60, fixed_hours=config.estimate.fixed_minutes / 60,
         idle_hours=config.idle_timeout_minutes / 60,
     )
+
+
+def executor_throughput(config: EmrConfig) -> tuple[float, str]:
+    """Images/s per executor vCPU for the estimate and where it comes from: the config, a measurement, or 72."""
+    if config.estimate.images_per_second_per_vcpu is not None:
+        return config.estimate.images_per_second_per_vcpu, "[estimate] images_per_second_per_vcpu in the config"
+    instance = config.core.instance_type
+    precision = throughput.precision_of(config.run_args)
+    measured = throughput.measured(instance, precision)
+    if measured is not None:
+        family = throughput.FAMILIES[throughput.family_of(instance)]
+        return measured, (f"measured for {family.name} ({family.cpu}) at --precision {precision} "
+                          "(how: orchard.cloud.throughput)")
+    return ASSUMED_PER_VCPU, (f"ASSUMED {ASSUMED_PER_VCPU:g} images/s per vCPU: orchard has no measurement of "
+                              f"{instance} at --precision {precision}; set [estimate] images_per_second_per_vcpu")
+
+
+@dataclass(frozen=True)
+class FamilyCost:
+    """What one million images of featurising cost on one instance type at one precision."""
+
+    instance_type: str
+    cpu: str
+    precision: str
+    per_vcpu: float | None  # None: not measured
+    per_million: float | None  # executor cost per 1M images, None when not measured
+    hourly: float  # one instance, EC2 (market applied) + EMR + EBS
+    vcpu: int
+
+
+def compare_families(config: EmrConfig, prices: PriceTable) -> list[FamilyCost]:
+    """The core group's size in each compared family, at every precision it runs: cost per million images."""
+    core = config.core
+    factor = prices.spot_price_factor if core.market == "SPOT" else 1.0
+    ebs = core.ebs_gb * prices.ebs_gb_month / HOURS_PER_MONTH
+    rows = []
+    for name in throughput.COMPARED:
+        instance_type = f"{name}.{throughput.size_of(core.instance_type)}"
+        if instance_type not in prices.instances:
+            continue
+        price, family = prices.instances[instance_type], throughput.FAMILIES[name]
+        hourly = price.ec2 * factor + price.emr + ebs
+        for precision in family.precisions:
+            per_vcpu = family.measured(precision)
+            per_million = None if per_vcpu is None else hourly / (per_vcpu * price.vcpu * 3600) * 1e6
+            rows.append(FamilyCost(instance_type, family.cpu, precision, per_vcpu, per_million, hourly, price.vcpu))
+    return rows
+
+
+def comparison_table(rows: list[FamilyCost], precision: str, currency: str) -> str:
+    """Families side by side, the cheapest measured per image at `precision` proposed, break-evens for the rest."""
+    measured = [row for row in rows if row.per_million is not None]
+    best = min((row for row in measured if row.precision == precision), key=lambda row: row.per_million,
+               default=None)
+    lines = [f"executor cost per 1M images by instance family (compute only, {currency}; estimates):",
+             f"  {'instance':<12} {'precision':<9} {'img/s/vCPU':>10} {'per 1M':>8}  CPU"]
+    for row in rows:
+        if row.per_million is not None:
+            figures = f"{row.per_vcpu:>10g} {row.per_million:>8.3f}"
+        elif best is not None and row.precision == precision:
+            needed = row.hourly / (best.per_million / 1e6 * row.vcpu * 3600)
+            figures = f"{'-':>10} {'-':>8}  not measured: needs {needed:.0f} img/s/vCPU to match {best.instance_type};"
+        else:
+            figures = f"{'-':>10} {'-':>8}  not measured;"
+        lines.append(f"  {row.instance_type:<12} {row.precision:<9} {figures}  {row.cpu}")
+    if best is not None:
+        lines.append(f"proposed at --precision {precision}: {best.instance_type} ({best.per_million:.3f} {currency} "
+                     "per 1M images)")
+    cheapest = min(measured, key=lambda row: row.per_million, default=None)
+    if cheapest is not None and cheapest is not best:
+        lines.append(f"cheapest of all: {cheapest.instance_type} with --precision {cheapest.precision} "
+                     f"({cheapest.per_million:.3f} {currency} per 1M images; reduced precision changes the features "
+                     "a little: run.json records its cosine to fp32)")
+    return "\n".join(lines)

@@ -1,0 +1,74 @@
+"""Featurising throughput per executor vCPU by EC2 instance family and precision: what `emr plan` estimates from.
+
+A 2-vCPU VM is one physical core with its two hyperthreads, as an EC2 vCPU pair is, so the images/s of
+`benchmarks/bench.py` on such a machine, divided by 2, is the per-vCPU figure. Only the CPUs orchard was
+measured on have numbers; every other family says "not measured", and `emr plan` shows the throughput it would
+need to match the cheapest measured one instead of inventing a figure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PRECISIONS = ("fp32", "int8", "bf16")
+
+
+@dataclass(frozen=True)
+class Family:
+    """An instance family's CPU, the precisions it runs at full speed, and measured images/s per vCPU."""
+
+    name: str
+    cpu: str
+    precisions: tuple[str, ...]
+    per_vcpu: dict[str, float]  # precision -> images/s per vCPU; absent: not measured
+    basis: str  # where the numbers come from
+
+    def measured(self, precision: str) -> float | None:
+        """Images/s per vCPU at `precision`, or None when not measured on this family's CPU."""
+        return self.per_vcpu.get(precision)
+
+
+_SAPPHIRE_RAPIDS = (
+    "Intel Sapphire Rapids 2 vCPU, 2026-12-02: fp32 = bench.py's featurise stage at 10,000 images (228 images/s); "
+    "int8 and bf16 = fp32 x the engine-alone ratio to ORT fp32 (OpenVINO int8 938, bf16 617, ORT fp32 295 images/s)")
+
+FAMILIES: dict[str, Family] = {family.name: family for family in (
+    Family("m7i", "Intel Sapphire Rapids (AVX-512, AMX)", PRECISIONS,
+           {"fp32": 114.0, "int8": 362.0, "bf16": 238.0}, _SAPPHIRE_RAPIDS),
+    Family("c7i", "Intel Sapphire Rapids (AVX-512, AMX)", PRECISIONS,
+           {"fp32": 114.0, "int8": 362.0, "bf16": 238.0}, _SAPPHIRE_RAPIDS),
+    Family("m6a", "AMD EPYC Zen 3 (AVX2)", ("fp32", "int8"), {}, "not measured"),
+    Family("m6i", "Intel Ice Lake (AVX-512 VNNI, no bf16)", ("fp32", "int8"), {}, "not measured"),
+    Family("c6i", "Intel Ice Lake (AVX-512 VNNI, no bf16)", ("fp32", "int8"), {}, "not measured"),
+    Family("m5", "Intel Skylake/Cascade Lake (AVX-512)", ("fp32", "int8"), {}, "not measured"),
+    Family("c5", "Intel Skylake/Cascade Lake (AVX-512)", ("fp32", "int8"), {}, "not measured"),
+    Family("r5", "Intel Skylake/Cascade Lake (AVX-512)", ("fp32", "int8"), {}, "not measured"),
+    Family("m7g", "AWS Graviton3 (Arm Neoverse V1)", ("fp32", "int8"), {}, "not measured"),
+)}
+COMPARED = ("m7i", "c7i", "m6a", "m6i", "m5", "m7g")  # the families `emr plan` sets side by side
+
+
+def family_of(instance_type: str) -> str:
+    """'m7i.2xlarge' -> 'm7i'."""
+    return instance_type.split(".", 1)[0]
+
+
+def size_of(instance_type: str) -> str:
+    """'m7i.2xlarge' -> '2xlarge'."""
+    return instance_type.split(".", 1)[1]
+
+
+def precision_of(run_args: tuple[str, ...]) -> str:
+    """The `--precision` a config's run_args ask for (`--precision X` or `--precision=X`), fp32 by default."""
+    for index, arg in enumerate(run_args):
+        if arg == "--precision" and index + 1 < len(run_args):
+            return run_args[index + 1]
+        if arg.startswith("--precision="):
+            return arg.split("=", 1)[1]
+    return "fp32"
+
+
+def measured(instance_type: str, precision: str) -> float | None:
+    """Images/s per vCPU of `instance_type`'s family at `precision`, or None when orchard has no measurement."""
+    family = FAMILIES.get(family_of(instance_type))
+    return family.measured(precision) if family else None
