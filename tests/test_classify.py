@@ -16,9 +16,10 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
-from orchard.classify import STAGING, scores, train
+from orchard.classify import scores, train
 from orchard.config import RunConfig
 from orchard.errors import ConfigError
+from orchard.output import CLASSIFIER_STAGING as STAGING
 from orchard.pipeline import run
 from orchard.predict import Predictor
 from orchard.sample import SampleSpec, make_sample

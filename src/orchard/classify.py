@@ -30,7 +30,7 @@ from pyspark.ml import Transformer
 from pyspark.ml.param.shared import HasInputCol, HasOutputCol
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 
-from orchard import __version__
+from orchard import __version__, record
 from orchard.cloud import s3
 from orchard.config import SparkOptions
 from orchard.errors import ConfigError
@@ -39,9 +39,7 @@ from orchard.io import fs
 from orchard.io.fs import StorageOptions
 from orchard.output import Layout, resolve
 from orchard.predict import ALGORITHMS, FEATURE_SPACES, PREDICTOR_FILES, PREDICTOR_FORMAT
-
-CLASSIFIER = "classifier"
-STAGING = "_classifier.tmp"
+from orchard.record import RunRecord
 
 
 class ArrayToVector(Transformer, HasInputCol, HasOutputCol, DefaultParamsReadable, DefaultParamsWritable):
@@ -109,7 +107,7 @@ def train(output: str, *, spark=None, features: str = "pca", algorithm: str = "l
     storage = storage or StorageOptions.from_env()
     fs.set_default_storage(storage)
     layout = Layout(resolve(output))
-    info = fs.read_json(layout.run_json)
+    info = record.read(layout.run_json)
     onnx_bytes = run_onnx_bytes(info)  # before Spark starts: a changed weights file fails in a second
     if spark is None:
         from orchard.spark import get_session
@@ -126,10 +124,10 @@ def train(output: str, *, spark=None, features: str = "pca", algorithm: str = "l
     reduction = PipelineModel.load(layout.model)
     model = classifier_pipeline(reduction, features, classes, reg_param, max_iter).fit(training)
 
-    staging, final = fs.join(layout.root, STAGING), fs.join(layout.root, CLASSIFIER)
-    fs.remove_tree(staging)  # what an interrupted train left
-    model.write().save(fs.join(staging, "model"))
-    confusion_uri = fs.join(staging, "confusion")
+    staging = layout.classifier_staging
+    fs.remove_tree(staging.root)  # what an interrupted train left
+    model.write().save(staging.model)
+    confusion_uri = staging.confusion
     (model.transform(rows.where(F.col("split") == test_split))
      .groupBy("label", F.col("predicted_label").alias("predicted")).count()
      .orderBy("label", "predicted").coalesce(1).write.parquet(confusion_uri))
@@ -137,15 +135,15 @@ def train(output: str, *, spark=None, features: str = "pca", algorithm: str = "l
     metrics = {"algorithm": algorithm, "features_used": features, "reg_param": reg_param, "max_iter": max_iter,
                "train_split": train_split, "test_split": test_split, "train_images": train_images,
                "test_images": test_images, **scores(confusion, classes),
-               "weights_meaningful": info["model"]["meaningful"],
+               "weights_meaningful": info.model.meaningful,
                "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    write_predictor(fs.join(staging, "predictor"), model, reduction, features, classes, onnx_bytes, layout, info)
-    fs.write_json(fs.join(staging, "metrics.json"), metrics)
-    swap_in(staging, final)
-    run_json = fs.read_json(layout.run_json)
-    run_json[CLASSIFIER] = metrics
-    fs.write_json(layout.run_json, run_json)
-    return TrainResult(metrics, final)
+    write_predictor(staging.predictor, model, reduction, features, classes, onnx_bytes, layout, info)
+    fs.write_json(staging.metrics, metrics)
+    swap_in(staging.root, layout.classifier.root)
+    updated = record.read(layout.run_json)
+    updated.classifier = metrics
+    record.write(layout.run_json, updated)
+    return TrainResult(metrics, layout.classifier.root)
 
 
 def classifier_pipeline(reduction, features: str, classes: list[str], reg_param: float, max_iter: int):
@@ -167,16 +165,16 @@ def classifier_pipeline(reduction, features: str, classes: list[str], reg_param:
         IndexToString(inputCol="prediction", outputCol="predicted_label", labels=classes)])
 
 
-def run_onnx_bytes(info: dict) -> bytes:
+def run_onnx_bytes(info: RunRecord) -> bytes:
     """The run's ONNX model rebuilt from its weights and seed, checked against run.json's sha256."""
-    config, recorded = info["config"], info["model"]
-    if recorded.get("precision", "fp32") != "fp32":
-        raise ConfigError(f"the run used --precision {recorded['precision']}, whose calibrated model is not kept "
+    config, recorded = info.config, info.model
+    if recorded.precision != "fp32":
+        raise ConfigError(f"the run used --precision {recorded.precision}, whose calibrated model is not kept "
                           "in the output: rerun `orchard run` with --precision fp32 to train a classifier")
     source = weights.resolve(config["weights"], config["seed"], download=False)
-    if source.onnx_sha256 != recorded["onnx_sha256"]:
+    if source.onnx_sha256 != recorded.onnx_sha256:
         raise ConfigError(f"--weights {config['weights']} now gives a different model (onnx sha256 "
-                          f"{source.onnx_sha256[:12]}, the run used {recorded['onnx_sha256'][:12]}): the weights "
+                          f"{source.onnx_sha256[:12]}, the run used {recorded.onnx_sha256[:12]}): the weights "
                           "file changed since the run; restore it or rerun `orchard run`")
     return source.onnx_bytes
 
@@ -224,7 +222,7 @@ def scores(confusion: list[dict], classes: list[str]) -> dict:
 
 
 def write_predictor(folder: str, model, reduction, features: str, classes: list[str], onnx_bytes: bytes,
-                    layout: Layout, info: dict) -> None:
+                    layout: Layout, info: RunRecord) -> None:
     """The Spark-free bundle: model.onnx, predictor.npz (NumPy arrays) and predictor.json (checksums)."""
     import numpy
     import onnxruntime
@@ -247,12 +245,13 @@ def write_predictor(folder: str, model, reduction, features: str, classes: list[
     files = dict(zip(PREDICTOR_FILES, (onnx_bytes, buffer.getvalue()), strict=True))
     for name, data in files.items():
         fs.write_bytes(fs.join(folder, name), data)
-    config = info["config"]
+    config, model = info.config, info.model
     fs.write_json(fs.join(folder, "predictor.json"), {
         "format": PREDICTOR_FORMAT, "orchard_version": __version__, "features_used": features,
         "classes": classes, "k": int(pca.getK()), "standardized": "scaler_mean" in arrays,
         "collection_images": len(vectors), "run": layout.root,
-        "model": {key: info["model"][key] for key in ("weights", "description", "meaningful", "onnx_sha256")},
+        "model": {"weights": model.weights, "description": model.description, "meaningful": model.meaningful,
+                  "onnx_sha256": model.onnx_sha256},
         "limits": {"max_pixels": config["max_pixels"], "max_bytes": config["max_bytes"]},
         "versions": {"numpy": numpy.__version__, "onnxruntime": onnxruntime.__version__,
                      "pyspark": pyspark.__version__},

@@ -15,12 +15,15 @@ from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 
+from orchard import record
 from orchard.errors import ConfigError
 from orchard.io import fs
+from orchard.record import RunRecord
 
 DATASETS = ("features", "pca", "metadata", "errors", "variance")
 COMMITTED = (*DATASETS, "model", "changes", "csv", "skipped")  # folders a run builds in staging and moves at commit
 VERSION_PATTERN = re.compile(r"^v=(\d{4,})$")
+CLASSIFIER_STAGING = "_classifier.tmp"  # where `orchard train` builds classifier/ before swapping it in
 
 
 @dataclass(frozen=True)
@@ -29,10 +32,59 @@ class Layout:
 
     root: str
 
-    def __getattr__(self, name: str) -> str:
-        if name in DATASETS or name in ("model", "changes", "skipped"):
-            return fs.join(self.root, name)
-        raise AttributeError(name)
+    def folder(self, name: str) -> str:
+        """The folder `name` (a dataset, `model`, ...) of this run."""
+        return fs.join(self.root, name)
+
+    @property
+    def features(self) -> str:
+        """The 1280-D features of every decoded image (path, label, split, features)."""
+        return self.folder("features")
+
+    @property
+    def pca(self) -> str:
+        """The PCA projection of every decoded image (path, label, split, pca)."""
+        return self.folder("pca")
+
+    @property
+    def metadata(self) -> str:
+        """One row per listed file: size, modification time, status, image facts."""
+        return self.folder("metadata")
+
+    @property
+    def errors(self) -> str:
+        """One row per file that failed, with its stage and error."""
+        return self.folder("errors")
+
+    @property
+    def variance(self) -> str:
+        """Explained variance per principal component."""
+        return self.folder("variance")
+
+    @property
+    def model(self) -> str:
+        """The reloadable PipelineModel (scaler + PCA)."""
+        return self.folder("model")
+
+    @property
+    def changes(self) -> str:
+        """What an incremental run added, changed and removed."""
+        return self.folder("changes")
+
+    @property
+    def skipped(self) -> str:
+        """The files the listing skipped, with reasons (`paths.csv`)."""
+        return self.folder("skipped")
+
+    @property
+    def classifier(self) -> ClassifierLayout:
+        """What `orchard train` wrote: model/, predictor/, metrics.json, confusion/."""
+        return ClassifierLayout(self.folder("classifier"))
+
+    @property
+    def classifier_staging(self) -> ClassifierLayout:
+        """Where `orchard train` builds the classifier before swapping it in (an interrupted train leaves it)."""
+        return ClassifierLayout(self.folder(CLASSIFIER_STAGING))
 
     @property
     def work(self) -> str:
@@ -82,6 +134,33 @@ class Layout:
         return fs.join(self.root, "csv", dataset)
 
 
+@dataclass(frozen=True)
+class ClassifierLayout:
+    """Where `orchard train`'s files live under its folder (`classifier/`, or its staging folder)."""
+
+    root: str
+
+    @property
+    def model(self) -> str:
+        """The Spark PipelineModel: features -> scaler + PCA -> logistic regression -> label."""
+        return fs.join(self.root, "model")
+
+    @property
+    def predictor(self) -> str:
+        """The Spark-free bundle that `predict` and `serve` load."""
+        return fs.join(self.root, "predictor")
+
+    @property
+    def metrics(self) -> str:
+        """metrics.json: accuracy, macro F1, per-class scores."""
+        return fs.join(self.root, "metrics.json")
+
+    @property
+    def confusion(self) -> str:
+        """The confusion counts on the Test split (Parquet)."""
+        return fs.join(self.root, "confusion")
+
+
 def version_name(number: int) -> str:
     """Folder name of a store's version: v=0001, v=0002, ..."""
     return f"v={number:04d}"
@@ -111,7 +190,7 @@ def latest_version(store: str) -> int | None:
 
 def resolve(output: str) -> str:
     """The folder of the finished run that `output` names (itself, or a store's latest version)."""
-    if fs.exists(fs.join(output, "_SUCCESS")):
+    if fs.exists(Layout(output).success):
         return output
     latest = latest_version(output)
     if latest is not None:
@@ -119,11 +198,16 @@ def resolve(output: str) -> str:
     if versions(output):
         raise ConfigError(f"output {output} has no committed version yet (no _LATEST): rerun the same "
                           "command to finish it")
-    if fs.exists(fs.join(output, "run.json")) or fs.is_nonempty_dir(output):
+    if fs.exists(Layout(output).run_json) or fs.is_nonempty_dir(output):
         raise ConfigError(f"output {output} is incomplete (no _SUCCESS): rerun the same command to finish it")
     raise ConfigError(f"no orchard output at {output}: run `orchard run INPUT --output {output}` first")
 
 
 def read_info(output: str) -> dict:
-    """run.json of the finished run `output` names; raises ConfigError when there is none."""
+    """run.json of the finished run `output` names, as plain JSON (for notebooks); ConfigError when there is none."""
     return json.loads(fs.read_bytes(Layout(resolve(output)).run_json))
+
+
+def read_record(output: str) -> RunRecord:
+    """The typed run.json of the finished run `output` names; raises ConfigError when there is none."""
+    return record.read(Layout(resolve(output)).run_json)

@@ -24,7 +24,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from orchard.io import fs
-from orchard.output import Layout, read_info, resolve
+from orchard.output import Layout, read_record, resolve
+from orchard.record import RunRecord
 
 MAX_SCATTER_POINTS = 5000
 REPORT_FOLDER = "report"
@@ -65,7 +66,7 @@ def write_report(output: str, destination: str | None = None) -> str:
     """
     folder = resolve(output)
     page = html_destination(folder, destination)
-    info = read_info(folder)
+    info = read_record(folder)
     sections = build_sections(folder, info)
     figures = fs.join(posixpath.dirname(page), FIGURES_FOLDER)
     for section in sections:
@@ -84,7 +85,7 @@ def html_destination(folder: str, destination: str | None) -> str:
     return fs.join(destination, "index.html")
 
 
-def build_sections(folder: str, info: dict) -> list[Section]:
+def build_sections(folder: str, info: RunRecord) -> list[Section]:
     """Every section of the report for one run folder, in page order."""
     layout = Layout(folder)
     sections = [
@@ -122,7 +123,7 @@ def overview_section(layout: Layout) -> Section:
     return Section("overview", "Dataset overview", body, [class_split_chart(per_split)])
 
 
-def errors_section(layout: Layout, info: dict) -> Section:
+def errors_section(layout: Layout, info: RunRecord) -> Section:
     """Errors by stage, and by stage and reason with an example path and message."""
     errors = fs.read_columns(layout.errors, ["path", "stage", "error"]).to_pandas()
     if errors.empty:
@@ -132,7 +133,7 @@ def errors_section(layout: Layout, info: dict) -> Section:
     grouped = errors.groupby(["stage", "reason"]).agg(count=("path", "size"), path=("path", "first"),
                                                       error=("error", "first"))
     grouped = grouped.reset_index().sort_values(["count", "stage", "reason"], ascending=[False, True, True])
-    listed = info["counts"]["listed"]
+    listed = info.counts.listed
     body = (f"<p>{len(errors):,} of {listed:,} listed files ({len(errors) / listed:.1%}) could not be "
             "featurised. Each is a row of <code>errors/</code> with its path, stage and full message.</p>"
             + table(["stage", "files"], [[stage, count] for stage, count in by_stage.items()])
@@ -141,10 +142,10 @@ def errors_section(layout: Layout, info: dict) -> Section:
     return Section("errors", ERRORS_TITLE, body)
 
 
-def variance_section(layout: Layout, info: dict) -> Section:
+def variance_section(layout: Layout, info: RunRecord) -> Section:
     """Explained variance per component and cumulative, with the chosen k marked."""
     variance = fs.read_columns(layout.variance).to_pandas().sort_values("component")
-    pca = info["pca"]
+    pca = info.pca
     k = pca["k"]
     rule = (f"the smallest k reaching {pca['target']:.0%} of the variance" if pca["rule"] == "variance"
             else "set with --k")
@@ -156,9 +157,9 @@ def variance_section(layout: Layout, info: dict) -> Section:
     return Section("variance", "Explained variance", body, [variance_chart(variance, pca)])
 
 
-def scatter_section(layout: Layout, info: dict) -> Section:
+def scatter_section(layout: Layout, info: RunRecord) -> Section:
     """The first two principal components of (a deterministic sample of) the images, coloured by class."""
-    k = info["pca"]["k"]
+    k = info.pca["k"]
     if k < 2:
         return Section("scatter", "PCA scatter", f"<p>Only {k} component kept: no 2-D scatter.</p>")
     table_ = fs.read_columns(layout.pca, ["path", "label", "split", "pca"])
@@ -167,19 +168,19 @@ def scatter_section(layout: Layout, info: dict) -> Section:
     points = np.stack(sample["pca"].to_numpy())[:, :2]
     shown = (f"all {len(sample):,} images" if len(sample) == table_.num_rows else
              f"{len(sample):,} of {table_.num_rows:,} images, sampled deterministically by a hash of the path")
-    explained = info["pca"]["explained_variance"]
+    explained = info.pca["explained_variance"]
     body = (f"<p>PC1 ({explained[0]:.1%} of the variance) against PC2 ({explained[1]:.1%}), {shown}. MLlib's "
             "PCA projects without centring, so the cloud need not be centred on 0.</p>")
     return Section("scatter", "PCA scatter", body, [scatter_chart(sample, points, explained)])
 
 
-def timings_section(info: dict) -> Section:
+def timings_section(info: RunRecord) -> Section:
     """Wall seconds per stage, throughput and the worker seconds spent reading, preprocessing and inferring."""
-    timings = info["timings"]
+    timings = info.timings
     stages = stage_seconds(timings)
     worker = timings["worker_seconds"]
-    featurized = sum(shard["count"] for shard in info["shards"] if not shard.get("reused"))
-    listed = info["counts"]["listed"]
+    featurized = sum(shard["count"] for shard in info.shards if not shard.get("reused"))
+    listed = info.counts.listed
     rows = [["images listed", listed], ["total seconds", f"{timings['total']:.2f}"],
             ["images/s end to end", f"{timings['images_per_second']:.1f}"],
             ["images featurised by this run", featurized]]
@@ -196,8 +197,8 @@ def timings_section(info: dict) -> Section:
 
 def classifier_section(folder: str) -> Section | None:
     """Accuracy, macro F1, per-class scores and the confusion matrix of `orchard train`; None if not trained."""
-    metrics_uri = fs.join(folder, "classifier", "metrics.json")
-    confusion_uri = fs.join(folder, "classifier", "confusion")
+    classifier = Layout(folder).classifier
+    metrics_uri, confusion_uri = classifier.metrics, classifier.confusion
     if not (fs.exists(metrics_uri) and fs.exists(confusion_uri)):
         return None
     metrics = fs.read_json(metrics_uri)
@@ -214,17 +215,17 @@ def classifier_section(folder: str) -> Section | None:
     return Section("classifier", "Classifier", body, [confusion_chart(confusion, metrics["classes"])])
 
 
-def configuration_section(info: dict) -> Section:
+def configuration_section(info: RunRecord) -> Section:
     """The run's configuration, model, versions, Spark settings and counts, as recorded in run.json."""
-    model = info["model"]
-    run_rows = [[key, info[key]] for key in ("status", "finished_at", "orchard_version", "fingerprint", "resume",
-                                             "incremental") if key in info]
+    recorded = info.to_dict()
+    run_rows = [[key, recorded[key]] for key in ("status", "finished_at", "orchard_version", "fingerprint", "resume",
+                                                 "incremental") if key in recorded]
     body = ("<h3>Run</h3>" + table([], run_rows)
-            + "<h3>Model</h3>" + table([], list(model.items()))
-            + "<h3>Configuration</h3>" + table([], list(info["config"].items()))
-            + "<h3>Counts</h3>" + table([], list(info["counts"].items()))
+            + "<h3>Model</h3>" + table([], list(recorded["model"].items()))
+            + "<h3>Configuration</h3>" + table([], list(info.config.items()))
+            + "<h3>Counts</h3>" + table([], list(recorded["counts"].items()))
             + "<h3>Spark and versions</h3>"
-            + table([], [*info["spark"].items(), *info["versions"].items()]))
+            + table([], [*info.spark.items(), *info.versions.items()]))
     return Section("configuration", "Run configuration and model", body)
 
 
@@ -413,14 +414,14 @@ figcaption { color: #555d6b; font-size: 0.9em; }
 """
 
 
-def render_page(folder: str, info: dict, sections: list[Section]) -> str:
+def render_page(folder: str, info: RunRecord, sections: list[Section]) -> str:
     """The whole HTML document: title, random-weights banner when needed, contents and sections."""
     title = f"orchard report: {folder}"
-    model = info["model"]
+    model, counts = info.model, info.counts
     banner = ""
-    if not model["meaningful"]:
+    if not model.meaningful:
         banner = ('<div class="banner" role="alert">WARNING: features are NOT meaningful '
-                  f"(weights: {escape(model['weights'])})<span>{escape(model['description'])}. Explained "
+                  f"(weights: {escape(model.weights)})<span>{escape(model.description)}. Explained "
                   "variance, the scatter and any classifier scores say nothing about the images.</span></div>")
     contents = " ".join(f'<a href="#{section.anchor}">{escape(section.title)}</a>' for section in sections)
     parts = [f'<section id="{section.anchor}"><h2>{escape(section.title)}</h2>{section.body}'
@@ -429,12 +430,11 @@ def render_page(folder: str, info: dict, sections: list[Section]) -> str:
             f'<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<style>{STYLE}</style></head><body><main>"
-            f"<h1>{escape(title)}</h1><p>{info['counts']['listed']:,} images listed, "
-            + (f"{info['counts']['skipped']:,} other files skipped (skipped/paths.csv: "
-               + escape(", ".join(f"{r} {n}" for r, n in info["counts"]["skipped_by_reason"].items())) + "), "
-               if info["counts"].get("skipped") else "")
-            + "finished "
-            f"{escape(info.get('finished_at', ''))}, orchard {escape(info.get('orchard_version', ''))}.</p>"
+            f"<h1>{escape(title)}</h1><p>{counts.listed:,} images listed, "
+            + (f"{counts.skipped:,} other files skipped (skipped/paths.csv: "
+               + escape(", ".join(f"{r} {n}" for r, n in counts.skipped_by_reason.items())) + "), "
+               if counts.skipped else "")
+            + f"finished {escape(info.finished_at)}, orchard {escape(info.orchard_version)}.</p>"
             f"{banner}<nav>{contents}</nav>{''.join(parts)}</main></body></html>\n")
 
 

@@ -10,10 +10,11 @@ from dataclasses import dataclass
 
 import pyarrow.compute as pc
 
+from orchard import record
 from orchard.errors import ConfigError
 from orchard.featurize.contract import FEATURE_DIM
 from orchard.io import fs
-from orchard.output import DATASETS, resolve, versions
+from orchard.output import DATASETS, Layout, resolve, versions
 
 MARKERS = ("_SUCCESS", "run.json", "_work", "_LATEST", *DATASETS, "model")  # what any orchard output has
 
@@ -61,22 +62,23 @@ def verify(location: str) -> list[Finding]:
         output = resolve(location)
     except ConfigError as error:
         return [Finding("complete", False, str(error))]
-    if not fs.exists(fs.join(output, "run.json")):
+    layout = Layout(output)
+    if not fs.exists(layout.run_json):
         return [Finding("complete", False, "no run.json: the run did not finish (rerun it to resume)")]
-    info = fs.read_json(fs.join(output, "run.json"))
+    info = record.read(layout.run_json)
     where = "" if output == location else f" ({output.rsplit('/', 1)[-1]}, the latest version)"
     findings = [Finding("complete", True, f"_SUCCESS and run.json present{where}")]
-    findings.append(_check_parts(output, info.get("parts", {})))
-    counts = info["counts"]
-    metadata = fs.read_columns(fs.join(output, "metadata"), ["path", "status"])
-    features = fs.read_columns(fs.join(output, "features"), ["path", "features"])
-    errors = fs.read_columns(fs.join(output, "errors"), ["path"])
-    pca = fs.read_columns(fs.join(output, "pca"), ["path", "pca"])
-    adds_up = (counts["listed"] == counts["ok"] + counts["errors"] == metadata.num_rows
-               and features.num_rows == pca.num_rows == counts["ok"] and errors.num_rows == counts["errors"])
+    findings.append(_check_parts(output, info.parts))
+    counts = info.counts
+    metadata = fs.read_columns(layout.metadata, ["path", "status"])
+    features = fs.read_columns(layout.features, ["path", "features"])
+    errors = fs.read_columns(layout.errors, ["path"])
+    pca = fs.read_columns(layout.pca, ["path", "pca"])
+    adds_up = (counts.listed == counts.ok + counts.errors == metadata.num_rows
+               and features.num_rows == pca.num_rows == counts.ok and errors.num_rows == counts.errors)
     findings.append(Finding(
         "accounting", adds_up,
-        f"listed {counts['listed']} = ok {counts['ok']} + errors {counts['errors']}; rows: metadata "
+        f"listed {counts.listed} = ok {counts.ok} + errors {counts.errors}; rows: metadata "
         f"{metadata.num_rows}, features {features.num_rows}, pca {pca.num_rows}, errors {errors.num_rows}"))
     paths = metadata["path"].to_pylist()
     ok_paths, error_paths = set(features["path"].to_pylist()), set(errors["path"].to_pylist())
@@ -84,10 +86,10 @@ def verify(location: str) -> list[Finding]:
         "unique paths", len(set(paths)) == len(paths) and not ok_paths & error_paths
         and ok_paths | error_paths == set(paths),
         f"{len(set(paths))} distinct of {len(paths)}; features and errors partition the listed files"))
-    k = info["pca"]["k"]
+    k = info.pca["k"]
     findings.append(_check_lengths("features", features["features"], FEATURE_DIM))
     findings.append(_check_lengths("pca", pca["pca"], k))
-    model_parts = [fs.join(output, "model", "metadata"), fs.join(output, "model", "stages")]
+    model_parts = [fs.join(layout.model, "metadata"), fs.join(layout.model, "stages")]
     findings.append(Finding("model", all(fs.exists(p) for p in model_parts), "model/metadata and model/stages"))
     return findings
 
