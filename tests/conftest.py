@@ -1,9 +1,11 @@
-"""Shared fixtures: one real local Spark session for the whole run, generated image trees."""
+"""Shared fixtures and helpers: one real local Spark session for the whole run, one pipeline run, generated image
+trees, the `orchard` command in a subprocess, and the test tiers (`pure`, `spark`, `e2e`; see `scripts/test`)."""
 
 from __future__ import annotations
 
 import io
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +15,59 @@ from PIL import Image
 
 from orchard.featurize.runtime import BUILD_LOG_ENV
 from orchard.sample import SampleSpec, make_sample
+
+# `scripts/test --fast` sets this: no JVM can start (in this process or any child), so a test in the pure tier that
+# starts Spark fails with "/nonexistent/no-jvm-in-the-pure-tier/bin/java: No such file" instead of passing slowly.
+NO_JVM_ENV = "ORCHARD_TEST_NO_JVM"
+if os.environ.get(NO_JVM_ENV) == "1":
+    os.environ["JAVA_HOME"] = "/nonexistent/no-jvm-in-the-pure-tier"
+
+TIERS = ("pure", "spark", "e2e")  # cheapest first; registered in pyproject.toml
+# Fixtures that put a test in a tier at least this high, whatever it is marked: a real Spark session, or
+# processes beyond one Spark (moto servers, a standalone cluster, a second pyspark, an executed notebook).
+SPARK_FIXTURES = frozenset({"spark_env"})  # every Spark fixture (spark, connect_url, sample runs) depends on it
+E2E_FIXTURES = frozenset({"cluster", "s3", "endpoint", "jars", "executed", "runs", "other", "browser"})
+# Modules other people keep, tiered here instead of marked in the file: the tier of a test that no fixture
+# places higher, by test name first, then by module. A test in any other unmarked module is `spark` (slow tier).
+NAMED_TIERS = {"test_bench.py::test_render_rewrites_the_table_from_a_results_file": "pure"}
+MODULE_TIERS = {"test_listing.py": "pure", "test_bench.py": "e2e", "test_engines.py": "e2e"}
+
+
+def _floor(item: pytest.Item) -> str:
+    """The lowest tier the test's fixtures allow."""
+    fixtures = set(getattr(item, "fixturenames", ()))
+    return "e2e" if fixtures & E2E_FIXTURES else "spark" if fixtures & SPARK_FIXTURES else "pure"
+
+
+def _marked(item: pytest.Item) -> set[str]:
+    """The tiers the test is marked with, at any level (test, class, module): `-m` selects on all of them."""
+    return {mark.name for mark in item.iter_markers() if mark.name in TIERS}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Give every test exactly one tier; refuse two tiers, or a tier lower than the test's fixtures allow."""
+    wrong = []
+    for item in items:
+        floor, marked = _floor(item), _marked(item)
+        if not marked:
+            module = Path(str(item.path)).name
+            name = f"{module}::{getattr(item, 'originalname', item.name)}"
+            default = NAMED_TIERS.get(name, MODULE_TIERS.get(module, "spark"))
+            item.add_marker(max(floor, default, key=TIERS.index))
+        elif len(marked) > 1:
+            wrong.append(f"{item.nodeid} is marked {' and '.join(sorted(marked))}: give it one tier")
+        elif TIERS.index(tier := marked.pop()) < TIERS.index(floor):
+            wrong.append(f"{item.nodeid} is marked {tier} but its fixtures need {floor}")
+    if wrong:
+        raise pytest.UsageError("mis-tiered tests:\n  " + "\n  ".join(wrong))
+
+
+def orchard(*args: str, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`orchard ARGS` in a subprocess of this interpreter (Python workers on it too), output captured; `env`
+    adds to the environment, `timeout` only bounds a hung process (a cluster run takes minutes)."""
+    environment = {**os.environ, "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "orchard.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=environment)
 
 
 @pytest.fixture(scope="session")
@@ -65,6 +120,24 @@ def spark(spark_env, connect_url):
     session = get_session(options)
     yield session
     session.stop()
+
+
+PIPELINE_SEED = 20261122  # the `finished` run's seed: no other run in the suite uses it
+
+
+@pytest.fixture(scope="session")
+def finished(spark, sample_tree, tmp_path_factory):
+    """One pipeline run over `sample_tree`, shared by the pipeline and PCA tests: (RunResult, output, planted)."""
+    from orchard.config import RunConfig
+    from orchard.pipeline import run
+
+    root, planted = sample_tree
+    output = tmp_path_factory.mktemp("runs") / "main"
+    # a seed no other test uses: its model key marks this run's lines in the shared build log, and Python
+    # workers reused from earlier tests have not built this model yet
+    config = RunConfig(input=str(root), output=str(output), weights="random", seed=PIPELINE_SEED, shard_size=40,
+                       images_per_task=16, progress=False)
+    return run(config, spark), output, planted
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -11,7 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import orchard
+
+pytestmark = pytest.mark.pure
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "api_docs.py"
 

@@ -10,19 +10,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import psutil
+import pytest
+from conftest import orchard
 from infra import wait_for
 
 from orchard import classdata
 from orchard.output import read_info
 from orchard.sample import SampleSpec, make_sample
 
+pytestmark = pytest.mark.spark
+
 
 def orchard_run(data: Path, output: Path, cache: Path, **env: str) -> dict:
-    environment = {**os.environ, "ORCHARD_CACHE": str(cache), "PYSPARK_PYTHON": sys.executable,
-                   "SPARK_LOCAL_IP": "127.0.0.1", **env}
-    result = subprocess.run([sys.executable, "-m", "orchard.cli", "run", str(data), "--output", str(output),
-                             "--weights", "random", "--k", "3", "--master", "local[2]", "--no-progress"],
-                            capture_output=True, text=True, timeout=300, env=environment)
+    result = orchard("run", str(data), "--output", str(output), "--weights", "random", "--k", "3", "--master",
+                     "local[2]", "--no-progress", env={"ORCHARD_CACHE": str(cache), **env}, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "cds" not in result.stderr.lower()  # the JVM's archive notices stay off the console
     return read_info(str(output))

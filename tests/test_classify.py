@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import orchard
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
 from orchard.classify import scores, train
@@ -29,12 +30,6 @@ CLASSES, TRAIN_PER_CLASS, TEST_PER_CLASS = 4, 20, 10
 # Measured with random weights, k=8, standardised, on samples of this shape: test accuracy 0.725 / 0.80 / 0.75
 # for sample seeds 1 / 2 / 3 (raw features 0.65 / 0.80 / 0.775); chance is 0.25. 0.5 is twice chance.
 MIN_ACCURACY = 0.5
-
-
-def orchard(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"}
-    return subprocess.run([sys.executable, "-m", "orchard.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +56,7 @@ def spark_predictions(spark, model_dir: Path, output: Path, split: str = "Test")
             .toPandas().sort_values("path", ignore_index=True))
 
 
+@pytest.mark.spark
 def test_train_writes_a_complete_classifier_and_records_it(trained):
     result, output = trained
     folder = output / "classifier"
@@ -82,6 +78,7 @@ def test_train_writes_a_complete_classifier_and_records_it(trained):
     assert "RANDOM weights" in result.summary() and "accuracy" in result.summary()
 
 
+@pytest.mark.spark
 def test_random_features_vary_and_the_classes_are_learned(trained):
     result, output = trained
     features = np.stack(pd.read_parquet(output / "features")["features"].to_numpy())
@@ -90,6 +87,7 @@ def test_random_features_vary_and_the_classes_are_learned(trained):
     assert result.metrics["macro_f1"] >= MIN_ACCURACY - 0.1
 
 
+@pytest.mark.spark
 def test_metrics_and_confusion_match_scikit_learn(spark, trained):
     result, output = trained
     predictions = spark_predictions(spark, output / "classifier", output)
@@ -108,6 +106,7 @@ def test_metrics_and_confusion_match_scikit_learn(spark, trained):
     assert dict(zip(pairs, confusion["count"], strict=True)) == Counter(zip(truth, guess, strict=True))
 
 
+@pytest.mark.pure
 def test_scores_follow_scikit_learn_when_classes_are_missing_or_never_predicted():
     classes = ["a", "b", "c", "d", "e"]
     truth = ["a", "a", "b", "b", "b", "c"]  # no "d" nor "e" in the test labels
@@ -126,6 +125,7 @@ def test_scores_follow_scikit_learn_when_classes_are_missing_or_never_predicted(
     assert [row["support"] for row in result["per_class"]] == support.tolist()
 
 
+@pytest.mark.spark
 def test_classes_without_test_images_are_named_and_left_out_of_the_macro_f1(spark, trained, tmp_path):
     result, output = trained
     unscored = result.metrics["classes"][0]
@@ -150,6 +150,7 @@ def test_classes_without_test_images_are_named_and_left_out_of_the_macro_f1(spar
     assert unscored not in summary.splitlines()[-1]  # "lowest F1" lists scored classes only
 
 
+@pytest.mark.spark
 def test_pipeline_model_reloads_in_a_fresh_session_from_the_features_column(spark, trained, tmp_path):
     _, output = trained
     script = textwrap.dedent("""
@@ -182,6 +183,7 @@ def test_pipeline_model_reloads_in_a_fresh_session_from_the_features_column(spar
         np.testing.assert_allclose(reloaded[path][1], probability, atol=1e-12)
 
 
+@pytest.mark.spark
 def test_predictor_gives_the_spark_models_probabilities(spark, trained):
     _, output = trained
     expected = spark_predictions(spark, output / "classifier", output)
@@ -196,6 +198,7 @@ def test_predictor_gives_the_spark_models_probabilities(spark, trained):
     assert all(len(pairs) == 2 and pairs[0][1] >= pairs[1][1] for pairs in best)
 
 
+@pytest.mark.spark
 def test_predictor_runs_without_importing_pyspark_onnx_or_pandas(trained):
     _, output = trained
     image = next((output.parent / "fruits" / "Test").glob("*/*.jpg"))
@@ -217,6 +220,7 @@ def test_predictor_runs_without_importing_pyspark_onnx_or_pandas(trained):
     assert report["heavy"] == [] and report["near"] == 2 and len(report["best"][0]) == 1
 
 
+@pytest.mark.spark
 def test_predict_cli_prints_top_k_per_photo_and_reports_bad_ones(trained, tmp_path):
     _, output = trained
     images = sorted(str(p) for p in (output.parent / "fruits" / "Test").glob("*/0_100.jpg"))[:2]
@@ -237,6 +241,7 @@ def test_predict_cli_prints_top_k_per_photo_and_reports_bad_ones(trained, tmp_pa
     assert [row["label"] for row in parsed] == [name for name, _ in expected[0][:2]]
 
 
+@pytest.mark.spark
 def test_similar_returns_the_query_image_first(trained):
     _, output = trained
     features = pd.read_parquet(output / "features")
@@ -255,6 +260,7 @@ def test_similar_returns_the_query_image_first(trained):
     assert [row[3] for row in rows] == [n.path for n in neighbours[:3]]
 
 
+@pytest.mark.spark
 def test_training_on_raw_features_replaces_the_classifier(spark, trained, tmp_path):
     _, output = trained
     copy = tmp_path / "out"
@@ -275,6 +281,7 @@ def test_training_on_raw_features_replaces_the_classifier(spark, trained, tmp_pa
     assert predictor.similar(query, k=1)[0].path == query
 
 
+@pytest.mark.spark
 def test_user_mistakes_are_one_line_errors(spark, trained, tmp_path):
     _, output = trained
     with pytest.raises(ConfigError, match=r"no 'Validation' images in the run .* --test-split"):

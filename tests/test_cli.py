@@ -10,16 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import orchard
 
 from orchard.cli import build_parser
 
 
-def orchard(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"}
-    return subprocess.run([sys.executable, "-m", "orchard.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
-
-
+@pytest.mark.pure
 def test_run_help_documents_every_option():
     run_parser = build_parser()._subparsers._group_actions[0].choices["run"]
     help_text = run_parser.format_help()
@@ -30,6 +26,7 @@ def test_run_help_documents_every_option():
             assert action.help, f"{action.option_strings} has no help"
 
 
+@pytest.mark.pure
 @pytest.mark.parametrize("args, message", [
     (["run", "x", "--output", "y", "--k", "3", "--variance", "0.9"], "not allowed with argument"),
     (["run", "x", "--output", "y", "--limit", "0"], "--limit must be at least 1"),
@@ -45,6 +42,7 @@ def test_user_mistakes_are_one_line_without_traceback(args, message):
     assert len([line for line in result.stderr.splitlines() if line.startswith("orchard")]) == 1
 
 
+@pytest.mark.pure
 def test_engine_mistakes_are_one_line_errors_naming_the_fix(tmp_path):
     """A Connect server that is not there (named, without waiting for retries), and a --master that is not one."""
     from infra import free_port
@@ -62,6 +60,7 @@ def test_engine_mistakes_are_one_line_errors_naming_the_fix(tmp_path):
     assert not (tmp_path / "out").exists()  # nothing written for a mistake
 
 
+@pytest.mark.spark
 def test_folder_mistakes_are_one_line_errors(tmp_path):
     """A folder with no image orchard reads (empty, or only videos and notes) and an --output that is a file."""
     empty, videos = tmp_path / "empty", tmp_path / "videos" / "Training" / "Apple"
@@ -88,6 +87,7 @@ def test_folder_mistakes_are_one_line_errors(tmp_path):
     assert (tmp_path / "a-file").read_text() == "keep me"
 
 
+@pytest.mark.pure
 def test_an_unsupported_pyspark_is_named_with_the_install_line(monkeypatch):
     import pyspark
 
@@ -102,6 +102,7 @@ def test_an_unsupported_pyspark_is_named_with_the_install_line(monkeypatch):
         _builder(connect=True)
 
 
+@pytest.mark.spark
 def test_missing_input_and_weights_are_one_line_errors(tmp_path):
     result = orchard("run", str(tmp_path / "absent"), "--output", str(tmp_path / "out"), "--weights", "random")
     assert result.returncode == 2, result.stderr
@@ -112,6 +113,7 @@ def test_missing_input_and_weights_are_one_line_errors(tmp_path):
     assert result.returncode == 2 and "no such file" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.spark
 def test_sample_then_run_prints_a_summary(tmp_path):
     data, out = tmp_path / "data", tmp_path / "out"
     made = orchard("sample", str(data), "--classes-count", "3", "--train-per-class", "6", "--test-per-class", "2")
@@ -126,6 +128,7 @@ def test_sample_then_run_prints_a_summary(tmp_path):
     assert again.returncode == 2 and "already holds a finished run" in again.stderr
 
 
+@pytest.mark.spark
 def test_credentials_in_spark_settings_are_written_nowhere(tmp_path):
     """Sentinel secrets in --conf (by key, and by a value that looks like a token) and in the environment never
     reach run.json, the report, the classifier, an EMR plan, any other file written or the terminal; other
@@ -177,6 +180,7 @@ def test_credentials_in_spark_settings_are_written_nowhere(tmp_path):
     assert conf["spark.sql.shuffle.partitions"] == "4"
 
 
+@pytest.mark.pure
 def test_error_messages_lose_every_credential_value():
     from orchard.config import REDACTED, credential_settings, scrub, secret_values
 
@@ -189,6 +193,7 @@ def test_error_messages_lose_every_credential_value():
     assert credential_settings(args) == ["spark.hadoop.fs.s3a.secret.key", "spark.a.password", "--remote parameters"]
 
 
+@pytest.mark.pure
 def test_a_connect_url_keeps_its_address_and_loses_its_token():
     from orchard.config import REDACTED, redact_url
 
@@ -196,6 +201,7 @@ def test_a_connect_url_keeps_its_address_and_loses_its_token():
     assert redact_url("sc://host:15002") == "sc://host:15002"
 
 
+@pytest.mark.spark
 def test_demo_without_imagenet_weights_says_features_are_not_meaningful(tmp_path):
     result = orchard("demo", "--directory", str(tmp_path / "sample"), "--output", str(tmp_path / "out"),
                      "--classes-count", "3", "--train-per-class", "5", "--test-per-class", "2", "--k", "3")
@@ -206,6 +212,7 @@ def test_demo_without_imagenet_weights_says_features_are_not_meaningful(tmp_path
     assert info["model"]["weights"] == "random"
 
 
+@pytest.mark.spark
 def test_hidden_names_heic_photos_and_other_files_are_all_accounted_for(tmp_path):
     """_DSC camera names and HEIC photos are featurised; .DS_Store, notes and the run's own output (inside the
     input, rerun with --overwrite) are skipped, counted by reason and listed in skipped/paths.csv."""
@@ -240,6 +247,7 @@ def test_hidden_names_heic_photos_and_other_files_are_all_accounted_for(tmp_path
     assert any(line.endswith("/notes.txt,not an image format orchard reads (.txt)") for line in listed)
 
 
+@pytest.mark.pure
 def test_storage_that_keeps_failing_on_the_driver_is_one_line(monkeypatch, capsys):
     """A read on the driver (int8 calibration samples images there) that fails after every retry: one line,
     exit 2, the way to resume; never a traceback."""
@@ -254,3 +262,38 @@ def test_storage_that_keeps_failing_on_the_driver_is_one_line(monkeypatch, capsy
     assert cli.main(["run", "s3://b/in", "--output", "s3://b/out"]) == 2
     assert capsys.readouterr().err == (f"orchard: error: {TRANSIENT_MARK} reading s3://b/in/1.jpg failed 4 times "
                                        "(503 SlowDown); rerun the same command to resume\n")
+
+
+# What a cold start of a cheap command must not pay for: the inference stack, Spark, the data libraries, AWS.
+INFERENCE = ("onnxruntime", "onnx", "cv2", "simplejpeg", "PIL", "pillow_heif", "matplotlib", "fastapi", "uvicorn")
+DATA_AND_SPARK = ("pandas", "pyspark", "py4j", "boto3")
+EVERYTHING_HEAVY = (*INFERENCE, *DATA_AND_SPARK, "pyarrow", "numpy", "botocore")
+IMPORTS_AFTER = """
+import json, sys
+from orchard.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as exit:
+    code = exit.code
+print(json.dumps({"code": code, "modules": sorted({name.split(".")[0] for name in sys.modules})}))
+"""
+
+
+@pytest.mark.pure
+@pytest.mark.parametrize(("args", "shows", "heavy"), [
+    (["--help"], "usage: orchard", EVERYTHING_HEAVY),
+    (["train", "--help"], "--features {pca,raw}", EVERYTHING_HEAVY),
+    (["run", "--help"], "--precision", EVERYTHING_HEAVY),
+    (["emr", "plan", "--help"], "usage: orchard emr plan", EVERYTHING_HEAVY),
+    # cloud/emr.py imports pyarrow.fs (and so numpy) at the top: the plan still pays for those two
+    (["emr", "plan", "-c", str(Path(__file__).parent.parent / "deploy" / "emr.example.toml")],
+     "total per hour (estimate)", (*INFERENCE, *DATA_AND_SPARK)),
+])
+def test_cheap_commands_import_no_heavy_module(args, shows, heavy):
+    """The modules loaded once the command has run (sys.modules in a fresh interpreter)."""
+    done = subprocess.run([sys.executable, "-c", IMPORTS_AFTER, *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "AWS_EC2_METADATA_DISABLED": "true"})
+    *printed, last = done.stdout.splitlines()
+    report = json.loads(last)
+    assert report["code"] in (0, None) and shows in "\n".join(printed), done.stderr[-2000:]
+    assert sorted(set(report["modules"]) & set(heavy)) == []

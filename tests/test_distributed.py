@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import orchard
 from infra import (
     AWS_ENV,
     S3A_JARS_CONF,
@@ -32,11 +33,7 @@ from infra import (
 
 from orchard.sample import SampleSpec, make_sample
 
-
-def orchard(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "orchard.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=environment)
+pytestmark = pytest.mark.e2e
 
 
 def features_by_path(output: Path) -> dict[str, np.ndarray]:

@@ -12,6 +12,8 @@ import gzip
 import io
 import json
 import os
+import subprocess
+import sys
 import tarfile
 import urllib.request
 from datetime import UTC, datetime, timedelta
@@ -168,6 +170,7 @@ def use_clients(monkeypatch, **clients) -> None:
 # --- config -------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.pure
 def test_example_config_loads_and_plans(capsys):
     config = emr_config.load_config(REPO / "deploy" / "emr.example.toml")
     assert (config.region, config.release_label, config.core.count, config.core.market) == (
@@ -179,6 +182,7 @@ def test_example_config_loads_and_plans(capsys):
     assert "--weights-from s3://my-orchard-eu/models/" in out
 
 
+@pytest.mark.pure
 @pytest.mark.parametrize(("change", "message"), [
     ("idle_timout_minutes = 5", "unknown key idle_timout_minutes; did you mean idle_timeout_minutes?"),
     ("[core]\nmarket = 'reserved'", "core.market = 'reserved' is not valid"),
@@ -208,6 +212,7 @@ def test_config_mistakes_are_one_line_errors_naming_the_key(change, message):
     assert str(raised.value).startswith("emr.toml: ")
 
 
+@pytest.mark.pure
 def test_default_release_is_emr_spark_8_1_0():
     config = emr_config.parse_config({"bucket": "b-eu", "input": "s3://b-eu/in", "output": "s3://b-eu/out"})
     assert config.release_label == emr_config.DEFAULT_RELEASE == "emr-spark-8.1.0"
@@ -221,6 +226,7 @@ def test_default_release_is_emr_spark_8_1_0():
     assert "\n" not in str(raised.value)
 
 
+@pytest.mark.e2e
 def test_emr_7_labels_are_still_accepted(aws, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(emr, "installed_pyspark", lambda: "3.5.6")
     path = write_config(tmp_path, 'release_label = "emr-7.13.0"')
@@ -239,6 +245,7 @@ def test_emr_7_labels_are_still_accepted(aws, tmp_path, capsys, monkeypatch):
     assert code == 0 and "emr-7.13.0, applications Spark, Hadoop, JupyterHub, Livy" in out and err == ""
 
 
+@pytest.mark.pure
 def test_release_warning_when_the_local_pyspark_has_another_major_version(tmp_path, capsys, monkeypatch):
     warning = emr.release_warning("emr-spark-8.1.0", local_pyspark="3.5.6")
     assert warning is not None and "\n" not in warning
@@ -261,6 +268,7 @@ def test_release_warning_when_the_local_pyspark_has_another_major_version(tmp_pa
     assert code == 0 and err == ""
 
 
+@pytest.mark.pure
 def test_malformed_release_labels_are_one_line_errors(tmp_path, capsys):
     for label in ("emr-spark-8", "emr-7.13", "spark-4.1.1", "EMR-7.13.0"):
         with pytest.raises(ConfigError) as raised:
@@ -274,6 +282,7 @@ def test_malformed_release_labels_are_one_line_errors(tmp_path, capsys):
            "emr-spark-8.1.0) or emr-7.x.y (Spark 3.5, e.g. emr-7.13.0)" in err
 
 
+@pytest.mark.pure
 def test_non_eu_regions_are_refused_unless_allowed(tmp_path, capsys):
     with pytest.raises(ConfigError, match=r"outside the EU.*GDPR.*--allow-non-eu-region"):
         emr.check_region("us-east-1")
@@ -291,6 +300,7 @@ def test_non_eu_regions_are_refused_unless_allowed(tmp_path, capsys):
 # --- cost ---------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.pure
 def test_cost_arithmetic_from_the_price_table(tmp_path):
     text = CONFIG.replace(REGION, "eu-west-1").replace("count = 2", "count = 3")
     config = emr_config.load_config(write_config(tmp_path, text=text))
@@ -326,6 +336,7 @@ def test_cost_arithmetic_from_the_price_table(tmp_path):
 # --- the cluster request --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_run_job_flow_request_is_exactly_what_the_config_says(aws, tmp_path):
     make_bucket(aws)
     config = emr_config.load_config(write_config(tmp_path))  # no `wheel`: orchard builds its own
@@ -418,6 +429,7 @@ def test_run_job_flow_request_is_exactly_what_the_config_says(aws, tmp_path):
     assert SECRET not in json.dumps(saved) and "AWS_" not in json.dumps(saved)
 
 
+@pytest.mark.e2e
 def test_auto_termination_is_checked_and_set_from_recorded_responses(aws):
     recorded = RecordedEmr(boto3.client("emr", region_name=REGION))
     recorded.load("auto_termination", "policy_in_place", cluster_id="j-1K48XXXXXXHCB")
@@ -427,6 +439,7 @@ def test_auto_termination_is_checked_and_set_from_recorded_responses(aws):
     recorded.stubber.assert_no_pending_responses()
 
 
+@pytest.mark.e2e
 def test_waiting_for_a_step_is_bounded_and_counts_committed_shards(aws, tmp_path):
     make_bucket(aws)
     config = emr_config.load_config(write_config(tmp_path, f'wheel = "{tmp_path / "missing.whl"}"'))
@@ -450,6 +463,7 @@ def test_waiting_for_a_step_is_bounded_and_counts_committed_shards(aws, tmp_path
 # --- CLI end to end -------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_cli_up_jupyter_status_run_download_down(aws, tmp_path, wheel, capsys, monkeypatch):
     make_bucket(aws)
     # JupyterHub exists on emr-7.x only (emr-spark-8 releases do not include it): up --jupyter needs such a label
@@ -497,6 +511,7 @@ def test_cli_up_jupyter_status_run_download_down(aws, tmp_path, wheel, capsys, m
     recorded.stubber.assert_no_pending_responses()
 
 
+@pytest.mark.e2e
 def test_cli_run_creates_a_cluster_when_there_is_none_and_reports_a_failed_step(aws, tmp_path, wheel, capsys,
                                                                                  monkeypatch):
     make_bucket(aws)
@@ -532,6 +547,7 @@ def test_cli_run_creates_a_cluster_when_there_is_none_and_reports_a_failed_step(
     recorded.stubber.assert_no_pending_responses()
 
 
+@pytest.mark.e2e
 def test_down_all_terminates_only_orchard_clusters(aws, tmp_path, capsys):
     live = aws.client("emr")
     config = emr_config.load_config(write_config(tmp_path))
@@ -552,6 +568,7 @@ def test_down_all_terminates_only_orchard_clusters(aws, tmp_path, capsys):
 # --- doctor and bucket ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_doctor_finds_every_problem(aws, tmp_path):
     config = emr_config.load_config(write_config(tmp_path))
     s3 = aws.client("s3")
@@ -589,6 +606,7 @@ def test_doctor_finds_every_problem(aws, tmp_path):
         {"bucket": BUCKET, "input": "s3://x-eu/i", "output": "s3://x-eu/o", "region": "us-east-1"}))[1].level == "fail"
 
 
+@pytest.mark.e2e
 def test_bucket_command_then_doctor_passes(aws, tmp_path, capsys):
     code, out, _ = cli(capsys, "bucket", BUCKET, "--region", REGION, "--log-expiry-days", "14")
     assert code == 0 and f"created s3://{BUCKET} in {REGION}" in out
@@ -619,6 +637,7 @@ def test_bucket_command_then_doctor_passes(aws, tmp_path, capsys):
     assert "[OK  ] encryption: default encryption AES256" in out and "no active EMR cluster in eu-west-3" in out
 
 
+@pytest.mark.pure
 def test_deploy_policies_are_valid_and_scoped_to_the_bucket():
     folder = REPO / "deploy" / "iam"
     documents = {path.name: json.loads(path.read_text()) for path in folder.glob("*.json")}
@@ -638,6 +657,7 @@ def test_deploy_policies_are_valid_and_scoped_to_the_bucket():
 # --- serverless -----------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_serverless_application_job_run_status_logs_down(aws, tmp_path, capsys, monkeypatch):
     make_bucket(aws)
     archive = tmp_path / "orchard-env.tar.gz"
@@ -699,6 +719,20 @@ def test_serverless_application_job_run_status_logs_down(aws, tmp_path, capsys, 
 # --- on the cluster: the driver, and results coming back -------------------------------------------------------------
 
 
+@pytest.mark.pure
+def test_the_uploaded_driver_script_hands_its_arguments_to_the_cli(tmp_path):
+    """driver.py wires the CLI into emr_driver.main itself (emr_driver imports no CLI: no import circle)."""
+    script = tmp_path / "driver.py"
+    script.write_text(emr_driver.SCRIPT)
+    done = subprocess.run([sys.executable, str(script), "run", "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.startswith("usage: orchard run"), done.stderr[-2000:]
+    done = subprocess.run([sys.executable, str(script), "run", "s3://b/in", "--output", "s3://b/out", "--k", "5000"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert done.stderr.strip() == "orchard: error: --k must be between 1 and the feature size 1280, got 5000"
+
+
+@pytest.mark.e2e
 def test_driver_fetches_weights_from_s3(aws, tmp_path, monkeypatch, capsys):
     make_bucket(aws)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
@@ -708,17 +742,18 @@ def test_driver_fetches_weights_from_s3(aws, tmp_path, monkeypatch, capsys):
     assert (tmp_path / "keras" / "models" / KERAS_FILE).read_bytes() == b"imagenet weights bytes"
     mine = emr_driver.fetch_weights(f"s3://{BUCKET}/models/mine.h5", aws.storage)
     assert mine.endswith("/mine.h5") and Path(mine).read_bytes() == b"my weights"
-    assert emr_driver.main(["--weights-from", f"s3://{BUCKET}/models/absent.h5", "run", "x", "--output", "y"]) == 2
+    assert emr_driver.main(["--weights-from", f"s3://{BUCKET}/models/absent.h5", "run", "x", "--output", "y"],
+                           main) == 2
     assert "cannot copy the weights file s3://orchard-test-eu/models/absent.h5" in capsys.readouterr().err
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_driver_runs_orchard_and_download_verifies_the_results(aws, tmp_path, spark, capsys):
     make_bucket(aws)
     collection, out = tmp_path / "fruits", tmp_path / "out"
     make_sample(collection, SampleSpec(classes=3, train_per_class=6, test_per_class=2, seed=3))
     code = emr_driver.main(["run", str(collection), "--output", str(out), "--weights", "random", "--k", "4",
-                            "--no-progress"])
+                            "--no-progress"], main)
     assert code == 0 and (out / "_SUCCESS").is_file()
     output = f"s3://{BUCKET}/out/fruits"
     target_fs, target_path = fs.resolve(output, aws.storage)

@@ -7,6 +7,8 @@ import pytest
 from orchard.cli import main
 from orchard.cloud import emr_config, emr_cost, throughput
 
+pytestmark = pytest.mark.pure
+
 CONFIG = """
 region = "eu-west-1"
 bucket = "fruits-eu"

@@ -19,6 +19,8 @@ from orchard.pipeline import run
 from orchard.sample import SampleSpec, make_sample
 from orchard.verify import verify
 
+pytestmark = pytest.mark.spark
+
 
 def config(data: Path, store: Path, **changes) -> RunConfig:
     values = dict(input=str(data), output=str(store), weights="random", seed=0, k=4, shard_size=8,

@@ -6,18 +6,18 @@ ImageNet files, orchard reads it, and both models embed the same images.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-import keras
+import pytest
 
 from orchard.featurize import runtime, weights
 
+pytestmark = pytest.mark.pure
 
-def test_features_match_keras_reference(tmp_path):
+
+def test_features_match_keras_reference(tmp_path, monkeypatch):
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")  # read when TensorFlow loads: here, not at collection
     import h5py
+    import keras
     from keras.src.legacy.saving import legacy_h5_format
 
     layer_weights = weights.random_weights(seed=3)  # calibrated: features vary by image

@@ -13,6 +13,8 @@ import pytest
 from orchard.errors import WeightsError
 from orchard.featurize import mobilenet, runtime, weights
 
+pytestmark = pytest.mark.pure
+
 
 def write_keras_h5(layer_weights: mobilenet.Weights, path: Path) -> None:
     """Write weights in the legacy Keras HDF5 layout of the ImageNet files ('layer/kernel:0' names)."""

@@ -70,6 +70,7 @@ def executed(tmp_path_factory, connect_url):
     return notebook, work, connect_url
 
 
+@pytest.mark.e2e
 def test_walkthrough_runs_and_shows_the_run(executed):
     notebook, work, connect_url = executed
     code = [cell for cell in notebook.cells if cell.cell_type == "code"]
@@ -90,6 +91,7 @@ def test_walkthrough_runs_and_shows_the_run(executed):
     assert "WARNING: ORCHARD_WEIGHTS=random: the features are NOT meaningful" in printed
 
 
+@pytest.mark.e2e
 def test_walkthrough_draws_its_figures_inline(executed):
     notebook, _, _ = executed
     images = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs
@@ -97,6 +99,7 @@ def test_walkthrough_draws_its_figures_inline(executed):
     assert len(images) >= 4  # sample images, explained variance, PCA scatter, new images on the scatter
 
 
+@pytest.mark.e2e
 def test_walkthrough_projects_new_images_with_the_saved_model(executed):
     notebook, _, _ = executed
     printed = "\n".join(text_of(cell) for cell in notebook.cells if cell.cell_type == "code")
@@ -104,6 +107,7 @@ def test_walkthrough_projects_new_images_with_the_saved_model(executed):
     assert "new images are nearest to their own class centre" in printed
 
 
+@pytest.mark.e2e
 def test_walkthrough_trains_and_uses_the_classifier(executed):
     notebook, work, _ = executed
     printed = "\n".join(text_of(cell) for cell in notebook.cells if cell.cell_type == "code")
@@ -113,6 +117,7 @@ def test_walkthrough_trains_and_uses_the_classifier(executed):
     assert "new images classified as their own class" in printed
 
 
+@pytest.mark.pure
 def test_committed_notebook_has_no_outputs():
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     nbformat.validate(notebook)

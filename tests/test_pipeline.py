@@ -1,4 +1,6 @@
-"""The whole pipeline on a real local Spark session and real files, read back with pandas, DuckDB, Spark."""
+"""The whole pipeline on a real local Spark session and real files, read back with pandas, DuckDB, Spark.
+
+The PCA stage's own tests are in test_reduce.py; both share conftest's `finished` run."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import PIPELINE_SEED
 
 from orchard.config import RunConfig
 from orchard.errors import ConfigError
@@ -16,21 +19,10 @@ from orchard.io import listing
 from orchard.output import read_info
 from orchard.pipeline import run
 
-CLASSES, PER_CLASS = 4, 16
-PIPELINE_SEED = 20261122  # sample_tree: 4 classes x (12 train + 4 test)
+CLASSES, PER_CLASS = 4, 16  # sample_tree: 4 classes x (12 train + 4 test)
 
 
-@pytest.fixture(scope="module")
-def finished(spark, sample_tree, tmp_path_factory):
-    root, planted = sample_tree
-    output = tmp_path_factory.mktemp("runs") / "main"
-    # a seed no other test module uses: its model key marks this run's lines in the shared build log, and
-    # Python workers reused from earlier tests have not built this model yet
-    config = RunConfig(input=str(root), output=str(output), weights="random", seed=PIPELINE_SEED, shard_size=40,
-                       images_per_task=16, progress=False)
-    return run(config, spark), output, planted
-
-
+@pytest.mark.spark
 def test_every_listed_file_is_accounted_for(finished):
     result, output, planted = finished
     counts = result.counts
@@ -43,6 +35,7 @@ def test_every_listed_file_is_accounted_for(finished):
     assert not (output / "_work").exists()
 
 
+@pytest.mark.spark
 def test_errors_table_names_path_stage_and_reason(finished):
     _, output, planted = finished
     errors = pd.read_parquet(output / "errors")
@@ -60,6 +53,7 @@ def test_errors_table_names_path_stage_and_reason(finished):
     assert "not a recognised image" in by_name["text.jpg"].error
 
 
+@pytest.mark.spark
 def test_features_are_1280_float32_and_vary_by_image(finished):
     _, output, _ = finished
     features = pd.read_parquet(output / "features")
@@ -71,26 +65,18 @@ def test_features_are_1280_float32_and_vary_by_image(finished):
     assert set(features["split"]) == {"Training", "Test"}
 
 
-def test_pca_metadata_and_variance(finished):
+@pytest.mark.spark
+def test_metadata_has_every_listed_file_with_its_original_size(finished):
     result, output, _ = finished
-    info = result.info
-    k = info["pca"]["k"]
-    pca = pd.read_parquet(output / "pca")
-    assert len(pca) == info["counts"]["ok"]
-    assert {len(v) for v in pca["pca"]} == {k}
-    assert pca["pca"].iloc[0].dtype == np.float32
-    assert info["pca"]["kept_variance"] >= 0.95 > sum(info["pca"]["explained_variance"][: k - 1])
-    variance = pd.read_parquet(output / "variance")
-    assert variance["kept"].sum() == k
-    assert np.allclose(variance["cumulative_variance"], np.cumsum(variance["explained_variance"]))
     metadata = pd.read_parquet(output / "metadata")
-    assert len(metadata) == info["counts"]["listed"]
+    assert len(metadata) == result.info["counts"]["listed"]
     ok = metadata[metadata["status"] == "ok"]
     assert (ok["width"] > 0).all() and ok["sha256"].str.len().eq(64).all()
     rotated = metadata[metadata["path"].str.endswith("rotated exif.jpg")].iloc[0]
     assert (rotated["width"], rotated["height"]) == (120, 80)  # original size, before rotation
 
 
+@pytest.mark.spark
 def test_run_json_describes_the_run(finished, spark):
     import pyspark
 
@@ -112,6 +98,7 @@ def test_run_json_describes_the_run(finished, spark):
     assert read_info(str(output))["fingerprint"] == info["fingerprint"]
 
 
+@pytest.mark.spark
 def test_outputs_read_with_duckdb_and_spark(finished, spark):
     _, output, _ = finished
     con = duckdb.connect()
@@ -124,6 +111,7 @@ def test_outputs_read_with_duckdb_and_spark(finished, spark):
     assert spark.read.parquet(str(output / "metadata")).count() == CLASSES * PER_CLASS + 9
 
 
+@pytest.mark.spark
 def test_model_is_broadcast_and_built_once_per_python_worker(finished, build_log):
     result, _, _ = finished
     key = result.info["model"]["onnx_sha256"][:16]
@@ -134,29 +122,7 @@ def test_model_is_broadcast_and_built_once_per_python_worker(finished, build_log
     assert len(per_process) <= 2  # local[2]: at most two Python workers
 
 
-def test_saved_model_transforms_new_rows_like_the_run(finished, spark):
-    from pyspark.ml import PipelineModel
-
-    from orchard import reduce
-
-    _, output, _ = finished
-    model = PipelineModel.load(str(output / "model"))
-    features = spark.read.parquet(str(output / "features")).limit(5)
-    again = reduce.transform(model, features).toPandas().set_index("path")
-    written = pd.read_parquet(output / "pca").set_index("path").loc[again.index]
-    np.testing.assert_allclose(np.stack(again["pca"]), np.stack(written["pca"]), rtol=1e-6, atol=1e-6)
-
-
-def test_explained_variance_matches_scikit_learn(finished):
-    from sklearn.decomposition import PCA
-
-    result, output, _ = finished
-    matrix = np.stack(pd.read_parquet(output / "features")["features"].to_numpy()).astype(np.float64)
-    reference = PCA().fit(matrix).explained_variance_ratio_
-    ours = np.array(result.info["pca"]["explained_variance"])
-    np.testing.assert_allclose(ours[:10], reference[:10], rtol=1e-6)
-
-
+@pytest.mark.spark
 def test_k_standardize_limit_and_csv(spark, sample_tree, tmp_path):
     root, _ = sample_tree
     config = RunConfig(input=str(root), output=str(tmp_path / "out"), weights="random", k=3, standardize=True,
@@ -172,6 +138,7 @@ def test_k_standardize_limit_and_csv(spark, sample_tree, tmp_path):
     assert len(csv) == 20
 
 
+@pytest.mark.spark
 def test_existing_output_is_not_overwritten(spark, sample_tree, tmp_path):
     root, _ = sample_tree
     target = tmp_path / "taken"
@@ -183,54 +150,7 @@ def test_existing_output_is_not_overwritten(spark, sample_tree, tmp_path):
     assert (target / "precious.txt").read_text() == "keep me"
 
 
-@pytest.mark.parametrize("standardize", [False, True])
-def test_fit_equals_mllib_estimators_and_scikit_learn(finished, spark, standardize, tmp_path):
-    """orchard's one-pass fit builds the models MLlib's StandardScaler + PCA estimators fit (up to sign)."""
-    from pyspark.ml import Pipeline
-    from pyspark.ml.feature import PCA, StandardScaler
-    from sklearn.decomposition import PCA as SkPCA
-
-    from orchard import reduce
-
-    _, output, _ = finished
-    features = spark.read.parquet(str(output / "features"))
-    model, summary = reduce.fit(features, RunConfig(input="in", output="out", k=7, standardize=standardize),
-                                str(tmp_path / "model"))
-    assert summary.k == 7 and len(summary.explained) == 1280  # the whole spectrum, whatever the rule
-    stages = [StandardScaler(withMean=True, withStd=True, inputCol="vector", outputCol="scaled")] * standardize
-    stages.append(PCA(k=7, inputCol="scaled" if standardize else "vector", outputCol="pca_vector"))
-    vectors = reduce.with_vector(features).orderBy("path")
-    reference = Pipeline(stages=stages).fit(vectors)
-    np.testing.assert_allclose(summary.explained[:7], reference.stages[-1].explainedVariance.toArray(),
-                               rtol=1e-9, atol=1e-12)
-    ours = np.stack([r.pca_vector.toArray() for r in model.transform(vectors).collect()])
-    theirs = np.stack([r.pca_vector.toArray() for r in reference.transform(vectors).collect()])
-    assert ours.std(axis=0).min() > 1e-3  # the projections vary: the comparison below means something
-    np.testing.assert_allclose(np.abs(ours), np.abs(theirs), rtol=1e-6, atol=1e-6)  # components: up to sign
-
-    matrix = np.stack(pd.read_parquet(output / "features")["features"].to_numpy()).astype(np.float64)
-    if standardize:
-        std = matrix.std(axis=0, ddof=1)
-        matrix = (matrix - matrix.mean(axis=0)) / np.where(std > 0, std, 1.0)
-    sk = SkPCA(n_components=7, svd_solver="full").fit(matrix)
-    np.testing.assert_allclose(summary.explained[:7], sk.explained_variance_ratio_, rtol=1e-6)
-    components = model.stages[-1].pc.toArray()  # 1280 x 7, columns
-    np.testing.assert_allclose(np.abs(components.T), np.abs(sk.components_), atol=1e-6)
-
-
-def test_moments_merge_equals_moments_of_all_rows():
-    from orchard.reduce import Moments
-
-    rows = np.random.default_rng(0).normal(1000.0, 1.0, (300, 5))  # a large mean: no cancellation allowed
-    merged = Moments.of(rows[:7]).merge(Moments.of(rows[7:200])).merge(Moments.of(rows[200:]))
-    whole = Moments.of(rows)
-    assert merged.count == 300
-    np.testing.assert_allclose(merged.mean, whole.mean, rtol=1e-12)
-    np.testing.assert_allclose(merged.covariance(), np.cov(rows.T), rtol=1e-9, atol=1e-12)
-    empty = Moments(0, np.zeros(5), np.zeros((5, 5)))
-    assert empty.merge(whole) is whole and whole.merge(empty) is whole
-
-
+@pytest.mark.spark
 def test_int8_precision_is_calibrated_on_the_input_and_close_to_fp32(spark, sample_tree, tmp_path, finished):
     root, _ = sample_tree
     config = RunConfig(input=str(root), output=str(tmp_path / "int8"), weights="random", seed=PIPELINE_SEED,
@@ -253,6 +173,7 @@ def test_int8_precision_is_calibrated_on_the_input_and_close_to_fp32(spark, samp
     assert not np.array_equal(a, b)  # it really ran the quantised model
 
 
+@pytest.mark.pure
 def test_the_summary_shows_the_featurising_rate_of_this_runs_images_beside_the_end_to_end_one():
     from orchard.pipeline import RunResult
 

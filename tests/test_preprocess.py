@@ -12,6 +12,8 @@ from PIL import Image, ImageOps
 
 from orchard.preprocess import IMAGE_SIZE, ImageError, Limits, decode, jpeg_orientation, prepare
 
+pytestmark = pytest.mark.pure
+
 
 def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()

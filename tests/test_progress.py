@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 
+import pytest
+
 from orchard.progress import LOG_SECONDS, Progress
 
 
@@ -27,6 +29,7 @@ def lines(stream: io.StringIO) -> list[str]:
     return stream.getvalue().splitlines()
 
 
+@pytest.mark.pure
 def test_progress_line_reports_done_total_rate_and_eta():
     progress = Progress(total=1000, done=200, stream=io.StringIO(), clock=Clock())
     line = progress.line(600, progress.started + 4.0)
@@ -35,12 +38,14 @@ def test_progress_line_reports_done_total_rate_and_eta():
     assert "ETA      4s" in line
 
 
+@pytest.mark.pure
 def test_no_rate_from_a_tiny_interval():
     progress = Progress(total=2000, stream=io.StringIO(), clock=Clock())
     line = progress.line(600, progress.started + 0.2)
     assert "? img/s" in line and "ETA      ?" in line
 
 
+@pytest.mark.pure
 def test_the_count_never_goes_back():
     clock, stream = Clock(), io.StringIO()
     progress = Progress(total=100, stream=stream, clock=clock)
@@ -50,6 +55,7 @@ def test_the_count_never_goes_back():
     assert [line.split()[1] for line in lines(stream)] == ["60/100"] * 3
 
 
+@pytest.mark.pure
 def test_off_a_terminal_a_line_every_few_seconds_or_every_tenth():
     clock, stream = Clock(), io.StringIO()
     progress = Progress(total=1000, stream=stream, clock=clock)
@@ -69,6 +75,7 @@ def test_off_a_terminal_a_line_every_few_seconds_or_every_tenth():
     assert all("\r" not in line for line in lines(stream))
 
 
+@pytest.mark.pure
 def test_on_a_terminal_one_rewritten_line_per_interval_and_a_final_line():
     clock, stream = Clock(), Terminal()
     progress = Progress(total=10, done=4, stream=stream, clock=clock)
@@ -83,6 +90,7 @@ def test_on_a_terminal_one_rewritten_line_per_interval_and_a_final_line():
     assert final.startswith("featurised 10/10 images (100.0%) in 2.0s") and "3.0 img/s" in final  # (10 - 4) / 2
 
 
+@pytest.mark.pure
 def test_disabled_progress_prints_nothing():
     stream = io.StringIO()
     progress = Progress(total=10, enabled=False, stream=stream)
@@ -91,6 +99,7 @@ def test_disabled_progress_prints_nothing():
     assert stream.getvalue() == ""
 
 
+@pytest.mark.spark
 def test_the_engine_reports_the_share_of_the_stage_after_the_shuffle(spark):
     """The shape of a shard's job: a stage, a shuffle, then the slow UDF stage. With adaptive execution the
     first stage is a job of its own; its tasks must not count, else the share jumps to 2/3 (or all done) and

@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from orchard import record
 from orchard.config import REDACTED
+
+pytestmark = pytest.mark.pure
 
 FORMAT_1 = Path(__file__).parent / "recorded" / "run-format-1.json"
 
@@ -28,10 +32,10 @@ def test_unknown_keys_survive_a_rewrite_and_optional_entries_appear_only_when_se
     data = json.loads(FORMAT_1.read_text())
     data["format_version"] = 3
     data["from_the_future"] = {"x": 1}
-    data["model"]["engine"] = {"name": "openvino"}
+    data["model"]["accelerator"] = {"name": "npu"}
     data["counts"]["dropped"] = 0
     info = record.RunRecord.from_dict(data)
-    assert info.extra == {"from_the_future": {"x": 1}} and info.model.extra == {"engine": {"name": "openvino"}}
+    assert info.extra == {"from_the_future": {"x": 1}} and info.model.extra == {"accelerator": {"name": "npu"}}
     assert "classifier" not in info.to_dict() and "incremental" not in info.to_dict()
     info.classifier = {"accuracy": 0.5}
     path = str(tmp_path / "run.json")

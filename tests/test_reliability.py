@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import cli_engine_args
+from conftest import cli_engine_args, orchard
 from infra import wait_for
 
 from orchard.config import RunConfig
@@ -52,6 +52,7 @@ def assert_identical_runs(a: Path, b: Path) -> None:
     np.testing.assert_allclose(np.abs(np.stack(pa_["pca"])), np.abs(np.stack(pb["pca"])), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.spark
 def test_verify_accepts_a_finished_run_and_catches_damage(reference, tmp_path):
     findings = verify(str(reference))
     assert all(f.ok for f in findings), [f.line() for f in findings]
@@ -72,20 +73,18 @@ def test_verify_accepts_a_finished_run_and_catches_damage(reference, tmp_path):
     assert only.check == "complete" and not only.ok
 
 
+@pytest.mark.spark
 def test_verify_cli_exit_codes(reference, tmp_path):
-    env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
-    good = subprocess.run([sys.executable, "-m", "orchard.cli", "verify", str(reference)], capture_output=True,
-                          text=True, env=env, timeout=120)
+    good = orchard("verify", str(reference), timeout=120)
     assert good.returncode == 0 and "verified" in good.stdout
-    missing = subprocess.run([sys.executable, "-m", "orchard.cli", "verify", str(tmp_path / "nothing")],
-                             capture_output=True, text=True, env=env, timeout=120)
+    missing = orchard("verify", str(tmp_path / "nothing"), timeout=120)
     assert missing.returncode == 1 and "NOT verified" in missing.stdout
 
 
+@pytest.mark.pure
 def test_verify_tells_an_image_folder_from_an_incomplete_output(collection, tmp_path):
     def verify_cli(folder: Path) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "orchard.cli", "verify", str(folder)], capture_output=True,
-                              text=True, env={**os.environ, "PYSPARK_PYTHON": sys.executable}, timeout=120)
+        return orchard("verify", str(folder), timeout=120)
 
     images = verify_cli(collection)
     assert images.returncode == 2 and "Traceback" not in images.stderr
@@ -101,6 +100,7 @@ def test_verify_tells_an_image_folder_from_an_incomplete_output(collection, tmp_
     assert "rerun the same command" in done.stdout and "NOT verified" in done.stdout
 
 
+@pytest.mark.e2e
 def test_driver_killed_mid_run_resumes_without_redoing_finished_shards(collection, reference, tmp_path):
     output = tmp_path / "out"
     command = [sys.executable, "-m", "orchard.cli", "run", str(collection), "--output", str(output),
@@ -131,6 +131,7 @@ def test_driver_killed_mid_run_resumes_without_redoing_finished_shards(collectio
     assert all(f.ok for f in verify(str(output)))
 
 
+@pytest.mark.spark
 def test_datasets_appear_only_at_the_commit_and_a_broken_commit_resumes(spark, collection, reference, tmp_path,
                                                                        monkeypatch):
     from orchard import pipeline
@@ -174,6 +175,7 @@ def test_datasets_appear_only_at_the_commit_and_a_broken_commit_resumes(spark, c
     assert all(f.ok for f in verify(str(output)))
 
 
+@pytest.mark.spark
 def test_same_output_whatever_the_partitioning(spark, collection, reference, tmp_path):
     output = tmp_path / "out"
     config = RunConfig(input=str(collection), output=str(output), weights="random", k=8, shard_size=17,
@@ -182,6 +184,7 @@ def test_same_output_whatever_the_partitioning(spark, collection, reference, tmp
     assert_identical_runs(reference, output)
 
 
+@pytest.mark.spark
 def test_bad_input_corpus_every_file_accounted_for(spark, tmp_path, monkeypatch):
     from corpus import make_bad_corpus
 
@@ -231,6 +234,7 @@ def test_bad_input_corpus_every_file_accounted_for(spark, tmp_path, monkeypatch)
     assert all(f.ok for f in verify(str(output)))
 
 
+@pytest.mark.e2e
 def test_ctrl_c_prints_one_line_and_the_rerun_finishes_identically(collection, reference, tmp_path):
     """SIGINT to the whole process group, as a terminal's Ctrl-C: exit 130, one orchard line saying how to
     resume, no traceback and nothing that looks complete; the same command then finishes the run."""

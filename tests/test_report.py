@@ -9,10 +9,8 @@ import base64
 import html
 import io
 import json
-import os
 import shutil
 import subprocess
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import orchard
 from infra import AWS_ENV, moto_server
 from matplotlib import colormaps
 from PIL import Image
@@ -146,6 +145,7 @@ def report_page(report_run) -> Path:
     return Path(page)
 
 
+@pytest.mark.spark
 def test_report_has_every_section_and_escapes_data(report_run, report_page):
     info = json.loads((report_run / "run.json").read_text())
     text = report_page.read_text(encoding="utf-8")
@@ -178,6 +178,7 @@ def test_report_has_every_section_and_escapes_data(report_run, report_page):
     assert "http://" not in text and "https://" not in text
 
 
+@pytest.mark.spark
 def test_figures_are_real_pngs_and_the_embedded_copies_match_the_files(report_page):
     page = parse(report_page)
     figures = report_page.parent / "figures"
@@ -194,6 +195,7 @@ def test_figures_are_real_pngs_and_the_embedded_copies_match_the_files(report_pa
     assert pixels_near(overview, TAB_BLUE, tolerance=0) > 1000  # the bars are drawn
 
 
+@pytest.mark.e2e
 def test_report_renders_in_headless_chromium(report_page, tmp_path):
     shot = screenshot(report_page, tmp_path / "profile", tmp_path / "page.png", 2400)
     assert shot.shape == (2400, 1280, 3)
@@ -204,6 +206,7 @@ def test_report_renders_in_headless_chromium(report_page, tmp_path):
     assert loaded == {"embedded": ["ok"] * 4, "linked": ["ok"] * 4}
 
 
+@pytest.mark.spark
 def test_report_shows_the_classifier_with_its_confusion_heatmap(report_run, tmp_path):
     """A copy of the run gets the files `orchard train` writes; the CLI writes the page where --out says."""
     output = tmp_path / "trained"
@@ -258,6 +261,7 @@ def write_classifier_files(output: Path, classes: list[str], confusion: np.ndarr
     (folder / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
 
 
+@pytest.mark.e2e
 def test_report_reads_and_writes_an_output_on_s3(report_run, tmp_path):
     """The run folder copied to a real S3-compatible server (moto); the CLI reads it there and writes there."""
     import boto3
@@ -271,9 +275,8 @@ def test_report_reads_and_writes_an_output_on_s3(report_run, tmp_path):
             relative = path.relative_to(report_run)
             if path.is_file() and relative.parts[0] != "report":
                 client.upload_file(str(path), "runs", f"fruits/{relative.as_posix()}")
-        result = subprocess.run([sys.executable, "-m", "orchard.cli", "report", "s3://runs/fruits",
-                                 "--s3-endpoint", endpoint, "--s3-region", "eu-west-1"],
-                                capture_output=True, text=True, timeout=300, env={**os.environ, **AWS_ENV})
+        result = orchard("report", "s3://runs/fruits", "--s3-endpoint", endpoint, "--s3-region", "eu-west-1",
+                         env=AWS_ENV, timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
         assert result.stdout.strip() == "wrote s3://runs/fruits/report/index.html"
         listing = client.list_objects_v2(Bucket="runs", Prefix="fruits/report/")
@@ -284,6 +287,7 @@ def test_report_reads_and_writes_an_output_on_s3(report_run, tmp_path):
         assert html.escape(NASTY_CLASS, quote=True) in text and "chosen k = " in text
 
 
+@pytest.mark.spark
 def test_report_of_a_missing_or_unfinished_output_is_a_one_line_error(report_run, tmp_path, capsys):
     with pytest.raises(ConfigError, match="no orchard output"):
         write_report(str(tmp_path / "missing"))
@@ -296,6 +300,7 @@ def test_report_of_a_missing_or_unfinished_output_is_a_one_line_error(report_run
     assert not (unfinished / "report").exists()
 
 
+@pytest.mark.pure
 def test_scatter_sample_is_bounded_deterministic_and_independent_of_row_order():
     paths = pd.Series([f"file:/data/Training/class {i % 7}/{i}.jpg" for i in range(3 * MAX_SCATTER_POINTS)])
     chosen = sample_positions(paths, MAX_SCATTER_POINTS)
@@ -306,6 +311,7 @@ def test_scatter_sample_is_bounded_deterministic_and_independent_of_row_order():
     assert np.array_equal(sample_positions(paths[:10], MAX_SCATTER_POINTS), np.arange(10))
 
 
+@pytest.mark.pure
 def test_error_reasons_group_messages_that_differ_only_in_details():
     assert error_reason("not a recognised image format (starts with b'<html>')") == "not a recognised image format"
     assert error_reason("corrupt or truncated image: image file is truncated (69 bytes not processed)") == \

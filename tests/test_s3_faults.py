@@ -8,15 +8,13 @@ in errors/. A prefix the credentials may not read ends the run with one line.
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import orchard
 from infra import AWS_ENV, S3A_JARS_CONF, Faults, fault_proxy, moto_server, s3a_jars
 
 from orchard.errors import TRANSIENT_MARK, TransientReadError
@@ -57,6 +55,7 @@ def put_objects(client, prefix: str, count: int, seed: int = 0) -> dict[str, byt
     return objects
 
 
+@pytest.mark.e2e
 def test_reads_through_throttling_resets_and_slow_answers_return_the_exact_bytes(s3, aws_env):
     endpoint, client = s3
     objects = put_objects(client, "reads", 24)
@@ -71,6 +70,7 @@ def test_reads_through_throttling_resets_and_slow_answers_return_the_exact_bytes
     assert proxy.counts["slowdown"] > 0 and proxy.counts["reset"] > 0 and proxy.counts["delay"] > 0, proxy.counts
 
 
+@pytest.mark.e2e
 def test_a_read_that_keeps_failing_raises_a_transient_error_never_an_image_error(s3, aws_env):
     endpoint, client = s3
     client.put_object(Bucket=BUCKET, Key="stuck/tiny.jpg", Body=b"\xff\xd8" + b"x" * 62)
@@ -96,6 +96,7 @@ def test_a_read_that_keeps_failing_raises_a_transient_error_never_an_image_error
     assert isinstance(missing, ImageError) and missing.reason == reader.VANISHED
 
 
+@pytest.mark.pure
 @pytest.mark.parametrize(("message", "reason"), [
     ("When reading information for key 'in/x.jpg' in bucket 'b': AWS Error UNKNOWN (HTTP status 503) during "
      "HeadObject operation: No response body.", None),
@@ -114,6 +115,7 @@ def test_only_clearly_permanent_read_errors_are_image_errors(message, reason):
     assert reader.permanent_reason(OSError(message)) == reason
 
 
+@pytest.mark.pure
 def test_permanent_local_errors_stay_image_errors():
     assert reader.permanent_reason(FileNotFoundError(2, "gone")) == reader.VANISHED
     assert reader.permanent_reason(PermissionError(13, "no")) == "permission denied"
@@ -121,6 +123,7 @@ def test_permanent_local_errors_stay_image_errors():
     assert reader.permanent_reason(OSError(5, "Input/output error")) is None  # EIO may pass: retried
 
 
+@pytest.mark.pure
 def test_spark_gets_an_explicit_s3a_retry_policy_and_a_stuck_job_one_line():
     from orchard.cloud import s3 as s3conf
     from orchard.spark import transient_failure
@@ -133,12 +136,6 @@ def test_spark_gets_an_explicit_s3a_retry_policy_and_a_stuck_job_one_line():
                        "failed 4 times (the last: 503)\n  at org.apache...")
     assert transient_failure(job) == "storage kept failing: reading s3://b/x.jpg failed 4 times (the last: 503)"
     assert transient_failure(RuntimeError("Job aborted: something else")) is None
-
-
-def orchard(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1", **AWS_ENV}
-    return subprocess.run([sys.executable, "-m", "orchard.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=environment)
 
 
 def s3_run_args(endpoint: str, jars: list[Path]) -> list[str]:
@@ -177,9 +174,11 @@ def jars() -> list[Path]:
     return s3a_jars(Path.home() / ".cache" / "orchard" / "s3a-jars")
 
 
+@pytest.mark.e2e
 def test_an_s3_run_under_faults_equals_a_run_without_and_counts_its_retries(s3, collection, jars):
     endpoint, client = s3
-    clean = orchard("run", collection, "--output", f"s3a://{BUCKET}/out-clean", *s3_run_args(endpoint, jars))
+    clean = orchard("run", collection, "--output", f"s3a://{BUCKET}/out-clean", *s3_run_args(endpoint, jars),
+                    env=AWS_ENV)
     assert clean.returncode == 0, clean.stderr[-3000:]
     # Spark's s3a traffic (listing, its reads and writes of the rows and datasets) and pyarrow's (image reads
     # on executors, the driver's stats, manifest and run.json) both go through the proxy.
@@ -188,7 +187,7 @@ def test_an_s3_run_under_faults_equals_a_run_without_and_counts_its_retries(s3, 
                     seed=5)  # stubborn: pyarrow's image reads outlast its attempts, orchard's loop retries them
     with fault_proxy(endpoint, faults) as proxy:
         faulty = orchard("run", collection, "--output", f"s3a://{BUCKET}/out-faulty",
-                         *s3_run_args(proxy.endpoint, jars))
+                         *s3_run_args(proxy.endpoint, jars), env=AWS_ENV)
     assert faulty.returncode == 0, faulty.stderr[-3000:]
     assert proxy.counts["slowdown"] > 0 and proxy.counts["reset"] > 0 and proxy.counts["delay"] > 0, proxy.counts
     assert "images 48  classes 4  ok 48  errors 0" in faulty.stdout
@@ -215,11 +214,12 @@ def test_an_s3_run_under_faults_equals_a_run_without_and_counts_its_retries(s3, 
     pd.testing.assert_frame_equal(meta[0], meta[1])
 
 
+@pytest.mark.e2e
 def test_a_prefix_the_credentials_may_not_read_ends_the_run_with_one_line(s3, collection, jars):
     endpoint, client = s3
     with fault_proxy(endpoint, Faults(deny_prefix=f"/{BUCKET}/in/")) as proxy:
         result = orchard("run", collection, "--output", f"s3a://{BUCKET}/out-denied",
-                         *s3_run_args(proxy.endpoint, jars), timeout=300)
+                         *s3_run_args(proxy.endpoint, jars), env=AWS_ENV, timeout=300)
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr and proxy.counts["denied"] > 0
     last = result.stderr.strip().splitlines()[-1]

@@ -32,13 +32,13 @@ from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 
 from orchard import __version__, record
 from orchard.cloud import s3
-from orchard.config import SparkOptions
+from orchard.config import ALGORITHMS, FEATURE_SPACES, SparkOptions
 from orchard.errors import ConfigError
 from orchard.featurize import weights
 from orchard.io import fs
 from orchard.io.fs import StorageOptions
 from orchard.output import Layout, resolve
-from orchard.predict import ALGORITHMS, FEATURE_SPACES, PREDICTOR_FILES, PREDICTOR_FORMAT
+from orchard.predict import PREDICTOR_FILES, PREDICTOR_FORMAT
 from orchard.record import RunRecord
 
 

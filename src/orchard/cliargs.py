@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from orchard.io.fs import StorageOptions
+if TYPE_CHECKING:  # io.fs loads pyarrow: imported by a command that uses storage, not by `--help`
+    from orchard.io.fs import StorageOptions
 
 
 def add_storage_options(parser: argparse.ArgumentParser) -> None:
@@ -17,6 +19,8 @@ def add_storage_options(parser: argparse.ArgumentParser) -> None:
 
 def storage_from_args(args: argparse.Namespace) -> StorageOptions:
     """--s3-endpoint / --s3-region, each falling back to the AWS environment variables."""
+    from orchard.io.fs import StorageOptions
+
     environment = StorageOptions.from_env()
     return StorageOptions(endpoint=args.s3_endpoint or environment.endpoint,
                           region=args.s3_region or environment.region)

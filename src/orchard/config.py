@@ -7,16 +7,21 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from orchard.errors import ConfigError
 from orchard.featurize.contract import FEATURE_DIM
-from orchard.io.fs import StorageOptions
+
+if TYPE_CHECKING:  # io.fs loads pyarrow: imported when a config is made, not when `orchard --help` parses
+    from orchard.io.fs import StorageOptions
 
 # Spark's own default spark.redaction.regex: a setting whose key or value matches is a credential.
 REDACTION = re.compile(r"(?i)secret|password|token|access[.]key")
 REDACTED = "*********(redacted)"
+ALGORITHMS = ("logistic",)  # what the predictor can replay with NumPy, so what `orchard train` offers
+FEATURE_SPACES = ("pca", "raw")  # the classifier's input: the run's PCA vectors or the 1280-D features
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "webp", "tif", "tiff", "gif", "heic", "heif")
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("fp32", "int8", "bf16")  # engines: featurize/runtime.ENGINES
 MASTER_URL = re.compile(r"local(\[(\*|\d+)(,\d+)?\])?|local-cluster\[\d+,\d+,\d+\]|spark://\S+|yarn|k8s://\S+"
                         r"|mesos://\S+")
 
@@ -39,6 +44,13 @@ class SparkOptions:
                               "(or local[N] for a server in this process)")
 
 
+def _storage_from_env() -> StorageOptions:
+    """S3 endpoint and region from the AWS environment (the default of `RunConfig.storage`)."""
+    from orchard.io.fs import StorageOptions
+
+    return StorageOptions.from_env()
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything that defines a run. Fields that change results are part of the fingerprint."""
@@ -52,7 +64,7 @@ class RunConfig:
     # model
     weights: str = "imagenet"  # "imagenet", "random" or a path to a Keras .h5 weights file
     seed: int = 0
-    precision: str = "fp32"  # or "int8": static QDQ quantisation calibrated on the input
+    precision: str = "fp32"  # "int8": static QDQ calibrated on the input; "bf16": AMX / AVX512-BF16 CPUs
     # preprocessing guards
     max_pixels: int = 64_000_000
     max_bytes: int = 50_000_000
@@ -73,7 +85,7 @@ class RunConfig:
     io_threads: int = 8
     progress: bool = True
     spark: SparkOptions = field(default_factory=SparkOptions)
-    storage: StorageOptions = field(default_factory=StorageOptions.from_env)
+    storage: StorageOptions = field(default_factory=_storage_from_env)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -190,8 +202,8 @@ def validate(config: RunConfig) -> None:
     if config.refit_pca and not config.incremental:
         raise ConfigError("--refit-pca only applies to --incremental runs (a full run always fits PCA)")
     if config.incremental and config.precision != "fp32":
-        raise ConfigError("--incremental needs --precision fp32: int8 calibration depends on the whole input, "
-                          "so versions could not share rows")
+        raise ConfigError(f"--incremental needs --precision fp32: {config.precision} features differ from fp32's "
+                          "(int8 calibration depends on the whole input), so versions could not share rows")
     if _same_location(config.input, config.output):
         raise ConfigError("--output must not be the input folder: choose another folder")
 

@@ -2,7 +2,9 @@
 
 `python driver.py [--weights-from S3_URI] run INPUT --output OUT ...`: the weights file is copied onto the
 driver's disk first (the standard Keras ImageNet file into the Keras cache, so `--weights imagenet` finds it;
-any other file into a temporary folder, passed as `--weights PATH`), then orchard's CLI runs the rest.
+any other file into a temporary folder, passed as `--weights PATH`), then orchard's CLI runs the rest. The
+uploaded script hands `main` the CLI's entry point, so this module (imported by `cloud/emr` to upload the
+script) never imports the CLI that imports `cloud/emr`.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import posixpath
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from orchard.io import fs
@@ -17,9 +20,10 @@ from orchard.io import fs
 SCRIPT = '''"""orchard's EMR entry point, uploaded by `orchard emr`; see orchard.cloud.emr_driver."""
 import sys
 
+from orchard.cli import main as orchard
 from orchard.cloud.emr_driver import main
 
-sys.exit(main(sys.argv[1:]))
+sys.exit(main(sys.argv[1:], orchard))
 '''
 
 
@@ -43,10 +47,9 @@ def fetch_weights(uri: str, storage: fs.StorageOptions | None = None) -> str:
     return value
 
 
-def main(argv: list[str]) -> int:
-    """Run `orchard` with argv, after fetching `--weights-from URI` (if it comes first) into --weights."""
-    from orchard.cli import main as orchard_main
-
+def main(argv: list[str], orchard: Callable[[list[str]], int]) -> int:
+    """Run `orchard(argv)` (the CLI's `main`), after fetching `--weights-from URI` (if it comes first) into
+    --weights."""
     if argv[:1] == ["--weights-from"] and len(argv) > 1:
         try:
             weights = fetch_weights(argv[1])
@@ -54,8 +57,4 @@ def main(argv: list[str]) -> int:
             print(f"orchard: error: cannot copy the weights file {argv[1]}: {error}", file=sys.stderr)
             return 2
         argv = [*argv[2:], "--weights", weights]
-    return orchard_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    return orchard(argv)

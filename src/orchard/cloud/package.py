@@ -7,6 +7,7 @@ on the cluster's OS and Python version (venv-pack keeps a link to the interprete
 
 from __future__ import annotations
 
+import importlib.util
 import shlex
 import subprocess
 import sys
@@ -80,14 +81,13 @@ def build(output: Path, python: str = sys.executable) -> Package:
 
 def submit_command(archive: Path, master: str, run_args: list[str], driver_python: str = sys.executable) -> str:
     """The spark-submit line that runs `orchard run ...` with the archive as the executors' Python."""
-    import orchard.cli
-
+    cli_file = importlib.util.find_spec("orchard.cli").origin  # found, not imported: the CLI imports this module
     parts = [
         "spark-submit", "--master", master, "--deploy-mode", "client",
         "--archives", f"{archive}#environment",
         "--conf", "spark.pyspark.python=./environment/bin/python",
         "--conf", f"spark.pyspark.driver.python={driver_python}",
-        orchard.cli.__file__, "run", *run_args,
+        cli_file, "run", *run_args,
     ]
     return shlex.join(parts)
 
