@@ -11,7 +11,7 @@ from orchard import __version__
 from orchard.apps_cli import APP_COMMANDS, add_app_commands
 from orchard.cliargs import add_storage_options, storage_from_args
 from orchard.cloud.emr_cli import add_emr_parser, run_emr
-from orchard.config import RunConfig, SparkOptions, parse_conf_pairs, scrub, secret_values
+from orchard.config import PRECISIONS, RunConfig, SparkOptions, parse_conf_pairs, scrub, secret_values
 from orchard.errors import OrchardError, TransientReadError
 
 
@@ -27,9 +27,11 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                             "(seeded, for tests and smoke runs: features NOT meaningful) or a path to a Keras "
                             "MobileNetV2 no-top .h5 weights file (default: imagenet)")
     model.add_argument("--seed", type=int, default=0, help="seed for --weights random (default: 0)")
-    model.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
-                       help="fp32 (default) or int8: ONNX Runtime static quantisation calibrated on a sample of "
-                            "the input; run.json reports its cosine similarity to fp32")
+    model.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                       help="fp32 (default, ONNX Runtime), int8 (static quantisation calibrated on a sample of the "
+                            "input, run by OpenVINO) or bf16 (OpenVINO on CPUs with AMX or AVX512-BF16: Intel "
+                            "Sapphire Rapids+, AMD Zen 4+; refused elsewhere); run.json reports the cosine "
+                            "similarity to fp32")
     reduction = parser.add_argument_group("PCA")
     choice = reduction.add_mutually_exclusive_group()
     choice.add_argument("--k", type=int, help="number of principal components to keep")

@@ -22,6 +22,7 @@ from orchard.config import SparkOptions
 from orchard.errors import TRANSIENT_MARK, ConfigError
 from orchard.featurize import runtime
 from orchard.featurize.batch import StageSeconds, WorkerSettings, featurize_paths
+from orchard.featurize.cpu import REFUSAL_MARK
 from orchard.featurize.weights import orchard_cache_dir
 
 LOG_CONFIG = Path(__file__).with_name("log4j2.properties")
@@ -134,7 +135,7 @@ def featurize_udf(model, model_key: str, settings: WorkerSettings):
 
     @pandas_udf(schema.ddl(schema.WORKER_RESULT))
     def featurize(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
-        session = runtime.worker_session(model_key, model.load, settings.threads)
+        session = runtime.worker_session(model_key, model.load, settings.threads, settings.precision)
         for paths in batches:
             seconds = StageSeconds()
             try:
@@ -172,6 +173,8 @@ def transient_failure(error: Exception) -> str | None:
 def explain_job_failure(error: Exception) -> str | None:
     """A one-line reason for a failed featurising job when it is about memory, else None."""
     text = str(error)
+    if REFUSAL_MARK in text:  # an executor's CPU cannot run the precision (featurize/cpu.py)
+        return text.split(REFUSAL_MARK, 1)[1].split("\n", 1)[0].strip()
     if OUT_OF_MEMORY_MARK in text:
         return OUT_OF_MEMORY_MARK.split(": ", 1)[1] + text.split(OUT_OF_MEMORY_MARK, 1)[1].split("\n", 1)[0]
     if runtime.is_out_of_memory_text(text):

@@ -27,6 +27,7 @@ class WorkerSettings:
     io_threads: int = 8
     limits: Limits = field(default_factory=Limits)
     storage: fs.StorageOptions = field(default_factory=fs.StorageOptions)
+    precision: str = "fp32"  # picks the engine (runtime.ENGINES)
 
 
 @dataclass
