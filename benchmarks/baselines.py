@@ -1,7 +1,8 @@
-"""TensorFlow/Keras baselines for the benchmark, run as their own Spark applications.
+"""Baselines for the benchmark: TensorFlow/Keras as their own Spark applications, and Daft.
 
     python benchmarks/baselines.py reference DATA OUTPUT   # as the reference EMR teams wrote it
     python benchmarks/baselines.py fair DATA OUTPUT        # the same with the obvious fixes
+    python benchmarks/baselines.py daft DATA OUTPUT fp32   # Daft + orchard's ONNX graph (fp32 or int8)
 
 Both read images with Spark's binaryFile source, featurise with Keras MobileNetV2 (top removed, average
 pooling, 1280-D) inside a pandas UDF from broadcast weights, write the features to Parquet, then fit
@@ -12,6 +13,11 @@ MLlib PCA (k=50) and write the projection, so they do the same work as `orchard 
 - fair: a Scalar Iterator pandas UDF that builds the model once per task and predicts in batches of 32.
 
 Weights are Keras' random init: the compute is identical to ImageNet weights.
+
+- daft: Daft's native download, decode and resize (to 224x224) of every JPEG under DATA, then orchard's own
+  MobileNetV2 ONNX graph (`--weights random`; int8: orchard's quantised graph, calibrated on the same
+  sample of the same images as `orchard run --precision int8`) in a Daft class UDF (2 instances, one ONNX
+  Runtime thread each), features written to Parquet. No PCA. Its seconds exclude building the graph.
 """
 
 import io
@@ -99,6 +105,64 @@ def run(kind: str, data: str, output: str) -> dict:
     return {"kind": kind, "images": count, "seconds": total, "featurize_seconds": featurized - started}
 
 
+def daft_model(data: str, output: str, precision: str) -> bytes:
+    """The ONNX graph `orchard run DATA --weights random --precision P` featurises with."""
+    from orchard.config import RunConfig
+    from orchard.featurize.weights import resolve
+    from orchard.io import listing
+    from orchard.pipeline import reduced_precision
+
+    source = resolve("random")
+    if precision == "fp32":
+        return source.onnx_bytes
+    if precision != "int8":
+        raise SystemExit(f"the daft baseline runs fp32 or int8, not {precision}")
+    manifest = listing.account_for_every_file(f"file:{data}")  # orchard's own listing: the same sample
+    return reduced_precision(source, manifest, RunConfig(input=data, output=output, precision="int8")).onnx_bytes
+
+
+def run_daft(data: str, output: str, precision: str) -> dict:
+    """Daft's native image path + orchard's ONNX graph in a class UDF; Parquet out."""
+    import shutil
+
+    import daft
+    import numpy as np
+    from daft import DataType, col
+    from daft.functions import decode_image, download, resize
+
+    model = os.path.join(output, "model.onnx")
+    os.makedirs(output, exist_ok=True)
+    with open(model, "wb") as file:
+        file.write(daft_model(os.path.abspath(data), output, precision))
+
+    @daft.cls(max_concurrency=2, use_process=True)
+    class Embed:
+        def __init__(self, path: str):
+            from orchard.featurize import runtime
+
+            self.runtime = runtime
+            with open(path, "rb") as file:
+                self.session = runtime.make_session(file.read(), 1)
+
+        @daft.method.batch(return_dtype=DataType.fixed_size_list(DataType.float32(), 1280), batch_size=32)
+        def __call__(self, images):
+            return list(self.runtime.embed(self.session, np.stack(images.to_pylist()), 8))
+
+    started = time.perf_counter()
+    frame = daft.from_glob_path(os.path.join(os.path.abspath(data), "**", "*.jpg"))
+    frame = frame.select(col("path"), resize(decode_image(download(col("path"))), 224, 224).alias("image"))
+    features = os.path.join(output, "features")
+    shutil.rmtree(features, ignore_errors=True)
+    frame.select(col("path"), Embed(model)(col("image")).alias("features")).write_parquet(features)
+    total = time.perf_counter() - started
+    count = daft.read_parquet(features).count_rows()
+    return {"kind": "daft", "precision": precision, "images": count, "seconds": total,
+            "version": daft.__version__}
+
+
 if __name__ == "__main__":
-    result = run(sys.argv[1], sys.argv[2], sys.argv[3])
+    if sys.argv[1] == "daft":
+        result = run_daft(sys.argv[2], sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else "fp32")
+    else:
+        result = run(sys.argv[1], sys.argv[2], sys.argv[3])
     print(json.dumps(result))

@@ -1,13 +1,15 @@
 """End-to-end benchmark of `orchard run` on generated Fruits-360-shaped data.
 
     python benchmarks/bench.py --sizes 2000            # the README's quick benchmark
-    python benchmarks/bench.py --sizes 2000 10000 67692 --baselines reference fair --int8
+    python benchmarks/bench.py --sizes 2000 10000 151736 --precisions fp32 int8 bf16 --baselines daft
     python benchmarks/bench.py --sizes 2000 10000 --engines classic connect other --other-pyspark DIR
 
-For each size N it generates (once, then reuses) N 100x100 JPEGs over 131 classes under benchmarks/data/,
-runs `orchard run` in a fresh process (its own Spark JVM, as a user would), samples the memory of the
-driver, the JVM and the Python workers while it runs, and reads the stage timings from run.json.
-Results go to benchmarks/results/<date>-<sizes>.json and .md (a markdown table the README quotes).
+For each size N it generates (once, then reuses) N 100x100 JPEGs over 220 classes, Training/Test 75/25 as in
+the current Fruits-360 release (151,736 images), under benchmarks/data/, runs `orchard run` in a fresh
+process (its own Spark JVM, as a user would) at each precision, samples the memory of the driver, the JVM
+and the Python workers while it runs, and reads the stage timings from run.json. A precision orchard
+refuses on this machine (bf16 without AVX512-BF16/AMX) is a row "refused: <reason>". Results go to
+benchmarks/results/<date>-<sizes>.json and .md (a markdown table the README quotes).
 
 `--engines` runs each size on several engines back to back: `classic` (this environment's pyspark),
 `connect` (the same pyspark 4.x as a Spark Connect server in the run's process, `--remote local[*]`) and
@@ -32,19 +34,23 @@ from pathlib import Path
 import psutil
 
 HERE = Path(__file__).resolve().parent
-CLASSES = 131
-
+# The current Fruits-360 100x100 release: 151,736 images of 220 classes, Training/Test about 75/25.
+CLASSES, FULL_SIZE, TEST_SHARE = 220, 151_736, 0.25
 
 
 def dataset(size: int, folder: Path) -> Path:
-    """folder/fruits-N: N Training images over 131 classes, generated once and reused."""
+    """folder/fruits-N: N images over 220 classes, a quarter of each in Test, generated once (one process per
+    core) and reused."""
     from orchard.sample import SampleSpec, make_sample
 
     root = folder / f"fruits-{size}"
     marker = root / ".complete"
     if not marker.exists():
         shutil.rmtree(root, ignore_errors=True)
-        make_sample(root, SampleSpec(classes=CLASSES, total=size, seed=42))
+        started = time.perf_counter()
+        count = make_sample(root, SampleSpec(classes=CLASSES, total=size, test_share=TEST_SHARE, seed=42),
+                            processes=os.cpu_count() or 1)
+        print(f"generated {count} images in {time.perf_counter() - started:.1f} s under {root}", flush=True)
         marker.write_text("ok\n")
     return root
 
@@ -87,14 +93,22 @@ class MemorySampler:
             self.peaks["total_mb"] = max(self.peaks["total_mb"], total)
 
 
+class Refused(Exception):
+    """orchard refused the run with a one-line user error (exit 2): its message is the reason."""
+
+
 def run_measured(command: list[str], env_extra: dict[str, str] | None = None) -> tuple[str, float, dict]:
-    """Run a command in a fresh process; returns (stdout, wall seconds, peak memory)."""
+    """Run a command in a fresh process; returns (stdout, wall seconds, peak memory). Raises Refused on a
+    one-line user error (exit 2)."""
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, **(env_extra or {})}
     started = time.perf_counter()
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     with MemorySampler(process.pid) as sampler:
         stdout, stderr = process.communicate()
     wall = time.perf_counter() - started
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    if process.returncode == 2 and lines:
+        raise Refused(lines[-1].removeprefix("orchard: ").removeprefix("error: ").strip())
     if process.returncode != 0:
         raise SystemExit(f"{' '.join(command[:4])} failed ({process.returncode}):\n{stderr[-3000:]}")
     return stdout, wall, sampler.peaks
@@ -110,38 +124,39 @@ def run_orchard(data: Path, output: Path, extra: list[str], env_extra: dict[str,
     return {"info": info, "wall_s": wall, "memory": memory, "output_mb": size_mb, "stdout": stdout}
 
 
-def run_baseline(kind: str, data: Path, output: Path, orchard_images_per_s: float) -> dict:
-    """One TensorFlow baseline (benchmarks/baselines.py) on the same data; speed-up of orchard over it."""
+def run_baseline(kind: str, data: Path, output: Path, orchard_images_per_s: float, precision: str = "fp32") -> dict:
+    """One baseline (benchmarks/baselines.py) on the same data; speed-up of orchard over it."""
     shutil.rmtree(output, ignore_errors=True)
-    stdout, _, memory = run_measured([sys.executable, str(HERE / "baselines.py"), kind, str(data), str(output)])
+    stdout, _, memory = run_measured([sys.executable, str(HERE / "baselines.py"), kind, str(data), str(output),
+                                      precision])
     result = json.loads(stdout.strip().splitlines()[-1])
     images_per_s = result["images"] / result["seconds"]
-    return {"kind": kind, "images": result["images"], "seconds": round(result["seconds"], 1),
+    return {"kind": kind, "precision": precision, "version": result.get("version"), "images": result["images"],
+ "seconds": round(result["seconds"], 1),
             "images_per_s": round(images_per_s, 2), "orchard_speedup": round(orchard_images_per_s / images_per_s, 1),
             "peak_memory_mb": {k: round(v) for k, v in memory.items()}}
 
 
-def compare_int8(size: int, fp32_output: Path, int8_output: Path, int8: dict, fp32_row: dict) -> dict:
-    """int8 vs fp32 on the same images: speed, per-image cosine similarity, change in PCA variance."""
+def compare_precision(size: int, fp32_output: Path, low_output: Path, low: dict, fp32_row: dict) -> dict:
+    """int8 (or bf16) vs fp32 on the same images: speed, per-image cosine similarity, change in PCA variance."""
     import numpy as np
     import pandas as pd
 
     a = pd.read_parquet(fp32_output / "features").set_index("path")
-    b = pd.read_parquet(int8_output / "features").set_index("path").loc[a.index]
+    b = pd.read_parquet(low_output / "features").set_index("path").loc[a.index]
     x, y = np.stack(a["features"]), np.stack(b["features"])
     cosine = (x * y).sum(1) / np.linalg.norm(x, axis=1) / np.linalg.norm(y, axis=1)
-    fp32_pca, int8_pca = (json.loads((o / "run.json").read_text())["pca"] for o in (fp32_output, int8_output))
-    top = 10
-    total = int8["info"]["timings"]["total"]
+    fp32_pca, low_pca = (json.loads((o / "run.json").read_text())["pca"] for o in (fp32_output, low_output))
+    top, timings = 10, low["info"]["timings"]
     return {
-        "images": size, "seconds": round(total, 1), "images_per_s": round(size / total, 1),
-        "featurize_images_per_s": round(size / int8["info"]["timings"]["featurize"], 1),
-        "speedup_over_fp32_featurize": round(size / int8["info"]["timings"]["featurize"]
-                                             / fp32_row["featurize_images_per_s"], 2),
+        "precision": low["info"]["model"]["precision"], "images": size, "seconds": round(timings["total"], 1),
+        "images_per_s": round(size / timings["total"], 1),
+        "featurize_images_per_s": round(size / timings["featurize"], 1),
+        "speedup_over_fp32_featurize": round(size / timings["featurize"] / fp32_row["featurize_images_per_s"], 2),
         "cosine_median": round(float(np.median(cosine)), 4), "cosine_min": round(float(cosine.min()), 4),
-        "k_for_95_percent": {"fp32": fp32_pca["k"], "int8": int8_pca["k"]},
+        "k_for_95_percent": {"fp32": fp32_pca["k"], "low": low_pca["k"]},
         "top10_explained_variance_max_abs_diff": round(float(np.max(np.abs(
-            np.array(fp32_pca["explained_variance"][:top]) - np.array(int8_pca["explained_variance"][:top])))), 5),
+            np.array(fp32_pca["explained_variance"][:top]) - np.array(low_pca["explained_variance"][:top])))), 5),
     }
 
 
@@ -226,15 +241,19 @@ def warm_other(data: Path, work: Path, extra: list[str], env_extra: dict[str, st
 
 
 def row(size: int, result: dict, ceiling: float) -> dict:
+    """One table row from a finished `orchard run`."""
     info, timings = result["info"], result["info"]["timings"]
     total = timings["total"]
     return {
         "engine": info["spark"].get("engine", "classic"), "spark": info["spark"].get("version"),
+        "precision": info["model"].get("precision", "fp32"),
         "images": size, "ok": info["counts"]["ok"], "seconds": round(total, 1),
         "images_per_s": round(size / total, 1),
         "featurize_images_per_s": round(size / timings["featurize"], 1),
         "share_of_ort_alone": round(size / total / ceiling, 3),
-        "stages_s": {k: round(timings.get(k, 0.0), 2) for k in ("listing", "model", "featurize", "write", "pca")},
+        "stages_s": {k: round(timings.get(k, 0.0), 2) for k in ("listing", "model", "quantize", "featurize",
+                                                                 "write", "pca")},
+        "fixed_s": round(total - timings["featurize"], 2),
         "worker_s": {k: round(v, 2) for k, v in timings["worker_seconds"].items()},
         "peak_memory_mb": {k: round(v) for k, v in result["memory"].items()},
         "output_mb": round(result["output_mb"], 1), "pca_k": info["pca"]["k"],
@@ -242,39 +261,60 @@ def row(size: int, result: dict, ceiling: float) -> dict:
     }
 
 
+def refused_row(size: int, engine: str, precision: str, reason: str) -> dict:
+    """The row of a run orchard refused on this machine (e.g. bf16 without AVX512-BF16/AMX)."""
+    return {"engine": engine, "precision": precision, "images": size, "refused": reason}
+
+
 def markdown(report: dict) -> str:
+    """The results as the README's markdown: machine line, one row per run, then comparisons and baselines."""
     m = report["machine"]
     lines = [
         f"Benchmark {report['date']} on {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GiB; "
-        f"Python {m['python']}, pyspark {m['pyspark']}, onnxruntime {m['onnxruntime']}; weights "
+        f"Python {m['python']}, pyspark {m['pyspark']}, onnxruntime {m['onnxruntime']}"
+        + (f", daft {report['daft']}" if report.get("daft") else "") + f"; weights "
         f"{report['weights']}. ONNX Runtime alone (2 threads): {report['ceiling']:.0f} images/s.",
         "",
-        "| engine | images | end-to-end s | images/s | featurise images/s | share of ORT alone | listing s | "
-        "featurise s (worker s: read / decode+resize / inference) | write s | PCA s | "
-        "peak driver / JVM / worker / total MB | output MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| engine | precision | images | end-to-end s | images/s | featurise images/s | share of ORT alone | "
+        "all but featurise s | listing s | featurise s (worker s: read / decode+resize / inference) | write s | "
+        "PCA s | peak driver / JVM / worker / total MB | output MB | Daft images/s | orchard / Daft |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["runs"]:
-        s, w, mem = r["stages_s"], r["worker_s"], r["peak_memory_mb"]
         engine = f"{r.get('engine', 'classic')} {r.get('spark') or m['pyspark']}"
+        if "refused" in r:
+            lines.append(f"| {engine} | {r['precision']} | {r['images']} | refused: {r['refused']} |"
+                         + " |" * 12)
+            continue
+        s, w, mem = r["stages_s"], r["worker_s"], r["peak_memory_mb"]
+        fixed = r.get("fixed_s", round(r["seconds"] - s["featurize"], 2))
+        daft = (f"{r['daft_images_per_s']} | {r['orchard_over_daft']}x" if "daft_images_per_s" in r
+                else r.get("daft_refused", "") + " | ")
         lines.append(
-            f"| {engine} | {r['images']} | {r['seconds']} | {r['images_per_s']} | {r['featurize_images_per_s']} | "
-            f"{100 * r['share_of_ort_alone']:.0f}% | {s['listing']} | {s['featurize']} ({w['read']} / "
-            f"{w['preprocess']} / {w['inference']}) | {s['write']} | {s['pca']} | {mem['driver_mb']} / "
-            f"{mem['jvm_mb']} / {mem['python_worker_mb']} / {mem['total_mb']} | {r['output_mb']} |")
+            f"| {engine} | {r.get('precision', 'fp32')} | {r['images']} | {r['seconds']} | {r['images_per_s']} | "
+            f"{r['featurize_images_per_s']} | {100 * r['share_of_ort_alone']:.0f}% | {fixed} | {s['listing']} | "
+            f"{s['featurize']} ({w['read']} / {w['preprocess']} / {w['inference']}) | {s['write']} | {s['pca']} | "
+            f"{mem['driver_mb']} / {mem['jvm_mb']} / {mem['python_worker_mb']} / {mem['total_mb']} | "
+            f"{r['output_mb']} | {daft} |")
     if report.get("class_data_off"):
         off = report["class_data_off"]
         lines += ["", f"Runs above load Spark's classes from the driver JVM's class-data archive (recorded by an "
                       f"earlier run on the machine). Without it (`ORCHARD_JVM_CDS=0`, a machine's first run) the "
                       f"{off['images']}-image run takes {off['seconds']} s ({off['images_per_s']} images/s; listing "
                       f"{off['stages_s']['listing']} s, PCA {off['stages_s']['pca']} s)."]
-    if report["int8"]:
-        q = report["int8"]
-        lines += ["", f"int8 (static QDQ) on the same {q['images']} images: {q['images_per_s']} images/s end to end, "
+    comparisons = report.get("precisions") or ([report["int8"]] if report.get("int8") else [])
+    for q in comparisons:
+        name = q.get("precision", "int8")
+        low = q["k_for_95_percent"].get("low", q["k_for_95_percent"].get("int8"))
+        lines += ["", f"{name} on the same {q['images']} images: {q['images_per_s']} images/s end to end, "
                       f"featurise {q['featurize_images_per_s']} images/s ({q['speedup_over_fp32_featurize']}x fp32); "
                       f"cosine similarity to fp32 median {q['cosine_median']}, min {q['cosine_min']}; k for 95% "
-                      f"variance fp32 {q['k_for_95_percent']['fp32']} vs int8 {q['k_for_95_percent']['int8']}; "
+                      f"variance fp32 {q['k_for_95_percent']['fp32']} vs {name} {low}; "
                       f"top-10 explained variance differs by at most {q['top10_explained_variance_max_abs_diff']}."]
+    if report.get("daft"):
+        lines += ["", "Daft: native download, decode and resize, orchard's ONNX graph at the same precision in a "
+                      "class UDF (2 processes, 1 thread each), Parquet out, no PCA; its seconds exclude building "
+                      "the graph. orchard / Daft compares end-to-end images/s."]
     if report["baselines"]:
         lines += ["", "| baseline (same data) | images | seconds | images/s | orchard speed-up | "
                       "peak JVM / worker MB |", "|---|---|---|---|---|---|"]
@@ -285,18 +325,36 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def add_daft(run: dict, data: Path, work: Path) -> str:
+    """Run the Daft baseline on the same images at the same precision; its numbers go into `run`.
+    Returns Daft's version."""
+    size, precision = run["images"], run["precision"]
+    if precision not in ("fp32", "int8"):
+        run["daft_refused"] = f"no {precision} graph"
+        return ""
+    daft = run_baseline("daft", data, work / f"daft-{size}-{precision}", run["images_per_s"], precision)
+    run.update(daft_seconds=daft["seconds"], daft_images_per_s=daft["images_per_s"],
+               orchard_over_daft=round(run["images_per_s"] / daft["images_per_s"], 2),
+               daft_peak_memory_mb=daft["peak_memory_mb"])
+    return daft["version"]
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark (or only render an earlier results file); writes the results and prints the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[2000], help="dataset sizes to run")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[2000],
+                        help=f"dataset sizes to run ({FULL_SIZE}: the whole of Fruits-360's current release)")
     parser.add_argument("--weights", default="random",
                         help="weights for the run (random by default: same compute as ImageNet weights)")
     parser.add_argument("--results", default=str(HERE / "results"), help="folder for the JSON and markdown")
     parser.add_argument("--data", default=str(HERE / "data"), help="where generated datasets are kept")
     parser.add_argument("--work", default=str(HERE / "data" / "out"), help="scratch folder for outputs")
-    parser.add_argument("--baselines", nargs="*", default=[], choices=["reference", "fair"],
-                        help="also run these TensorFlow baselines on the smallest size (needs the [test] extra)")
-    parser.add_argument("--int8", action="store_true",
-                        help="also run --precision int8 on the smallest size and compare it with fp32")
+    parser.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "int8", "bf16"],
+                        help="run every size at each precision; other precisions are compared with fp32 on the "
+                             "smallest size (fp32 is run too)")
+    parser.add_argument("--baselines", nargs="*", default=[], choices=["reference", "fair", "daft"],
+                        help="also run these baselines: daft at every size and precision (needs the [bench] "
+                             "extra), the TensorFlow ones on the smallest size (needs the [test] extra)")
     parser.add_argument("--class-data-off", action="store_true",
                         help="also run the smallest size without the driver JVM's class-data archive "
                              "(ORCHARD_JVM_CDS=0: what a machine's very first run costs)")
@@ -315,39 +373,49 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown(report))
         return 0
     extra = ["--weights", args.weights, *[a for a in args.extra if a != "--"]]
+    precisions = ["fp32", *[p for p in dict.fromkeys(args.precisions) if p != "fp32"]]
 
     ceiling = measure_ceiling(args.weights, args.ceiling_seconds)["ort_alone_2_threads_images_per_s"]
     report = {"date": datetime.date.today().isoformat(), "machine": machine(), "weights": args.weights,
-              "ceiling": ceiling, "extra_options": extra, "runs": [], "baselines": [], "int8": None,
-              "class_data_off": None}
+              "ceiling": ceiling, "extra_options": extra, "runs": [], "baselines": [], "precisions": [],
+              "class_data_off": None, "daft": None}
     plans = {engine: engine_plan(engine, args.other_pyspark) for engine in args.engines}
-    record_class_data(dataset(min(args.sizes), Path(args.data)), Path(args.work), extra)
+    work, smallest = Path(args.work), min(args.sizes)
+    record_class_data(dataset(smallest, Path(args.data)), work, extra)
     if "other" in plans:
-        warm_other(dataset(min(args.sizes), Path(args.data)), Path(args.work), extra, plans["other"][1])
+        warm_other(dataset(smallest, Path(args.data)), work, extra, plans["other"][1])
     for size in args.sizes:
         data = dataset(size, Path(args.data))
         for engine, (options, env_extra) in plans.items():
-            suffix = "" if engine == args.engines[0] else f"-{engine}"
-            result = run_orchard(data, Path(args.work) / f"fruits-{size}{suffix}", [*extra, *options], env_extra)
-            report["runs"].append(row(size, result, ceiling))
-            print(json.dumps(report["runs"][-1]), flush=True)
-    smallest = min(report["runs"], key=lambda r: r["images"])
+            for precision in precisions:
+                suffix = ("" if engine == args.engines[0] else f"-{engine}") + (
+                    "" if precision == "fp32" else f"-{precision}")
+                output = work / f"fruits-{size}{suffix}"
+                try:
+                    result = run_orchard(data, output, [*extra, *options, "--precision", precision], env_extra)
+                except Refused as refusal:
+                    if precision == "fp32":
+                        raise SystemExit(f"orchard refused the fp32 run: {refusal}") from None
+                    report["runs"].append(refused_row(size, engine, precision, str(refusal)))
+                    print(json.dumps(report["runs"][-1]), flush=True)
+                    continue
+                report["runs"].append(row(size, result, ceiling))
+                if "daft" in args.baselines and engine == args.engines[0]:
+                    report["daft"] = add_daft(report["runs"][-1], data, work) or report["daft"]
+                if precision != "fp32" and size == smallest and engine == args.engines[0]:
+                    fp32 = next(r for r in report["runs"] if r["images"] == size and r["precision"] == "fp32")
+                    report["precisions"].append(compare_precision(size, work / f"fruits-{size}", output, result,
+                                                                  fp32))
+                print(json.dumps(report["runs"][-1]), flush=True)
+    first = next(r for r in report["runs"] if r["images"] == smallest and "refused" not in r)
     if args.class_data_off:
-        size = smallest["images"]
-        off = run_orchard(dataset(size, Path(args.data)), Path(args.work) / f"fruits-{size}-no-class-data", extra,
+        off = run_orchard(dataset(smallest, Path(args.data)), work / f"fruits-{smallest}-no-class-data", extra,
                           {"ORCHARD_JVM_CDS": "0"})
-        report["class_data_off"] = row(size, off, ceiling)
+        report["class_data_off"] = row(smallest, off, ceiling)
         print(json.dumps(report["class_data_off"]), flush=True)
-    if args.int8:
-        size, work = smallest["images"], Path(args.work)
-        int8 = run_orchard(dataset(size, Path(args.data)), work / f"fruits-{size}-int8",
-                           [*extra, "--precision", "int8"])
-        report["int8"] = compare_int8(size, work / f"fruits-{size}", work / f"fruits-{size}-int8", int8, smallest)
-        print(json.dumps(report["int8"]), flush=True)
-    for kind in args.baselines:
-        data = dataset(smallest["images"], Path(args.data))
-        report["baselines"].append(run_baseline(kind, data, Path(args.work) / f"baseline-{kind}",
-                                                smallest["images_per_s"]))
+    for kind in (k for k in args.baselines if k != "daft"):
+        data = dataset(smallest, Path(args.data))
+        report["baselines"].append(run_baseline(kind, data, work / f"baseline-{kind}", first["images_per_s"]))
         print(json.dumps(report["baselines"][-1]), flush=True)
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)

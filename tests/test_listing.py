@@ -26,11 +26,6 @@ def test_label_and_split_from_the_layout():
     assert listing.label_and_split("Test/a/b/c.png") == ("b", "Test")
 
 
-def test_extension_glob_is_case_insensitive():
-    glob = listing.extension_glob(("jpg", "png"))
-    assert glob == "*.{[jJ][pP][gG],[pP][nN][gG]}"
-
-
 def test_classes_and_splits_select():
     manifest = manifest_of(["Training/Apple A/1.jpg", "Training/Apple B/1.jpg", "Training/Banana/1.jpg",
                             "Test/Apple A/2.jpg", "Test/Banana/2.jpg"])
@@ -78,27 +73,50 @@ def test_missing_input_is_a_one_line_error(spark, tmp_path):
         listing.list_images(spark, str(tmp_path / "nowhere"))
 
 
-def test_listing_settings_apply_to_the_listing_only_and_leave_the_users_alone(spark, sample_tree, monkeypatch):
+def test_the_listing_is_the_drivers_own_walk(spark, sample_tree):
+    """Spark only qualifies the root: the same manifest comes from the walk with no session at all."""
     root, _ = sample_tree
-    open_cost, discovery = "spark.sql.files.openCostInBytes", "spark.sql.sources.parallelPartitionDiscovery.threshold"
-    seen, original = {}, listing._list
+    listed = listing.list_images(spark, str(root))
+    walked = listing.account_for_every_file(f"file:{root}")
+    pd.testing.assert_frame_equal(listed, walked)
+    assert listed.attrs == walked.attrs and len(listed) > 64
 
-    def spy(session, where):
-        seen.update({key: session.conf.get(key) for key in (open_cost, discovery)})
-        return original(session, where)
 
-    monkeypatch.setattr(listing, "_list", spy)
-    spark.conf.set(discovery, "7")  # as if given with --conf
-    try:
-        listed = listing.list_images(spark, str(root))
-    finally:
-        assert spark.conf.get(discovery) == "7" and spark.conf.get(open_cost, None) is None
-        spark.conf.unset(discovery)
-    assert seen == {open_cost: "1", discovery: "7"}
-    again = listing.list_images(spark, str(root))
-    assert seen == {open_cost: "1", discovery: str(2**31 - 1)}  # local folder: listed by the driver
-    assert spark.conf.get(discovery, None) is None and spark.conf.get(open_cost, None) is None
-    pd.testing.assert_frame_equal(listed, again)
+def test_links_cycles_empty_files_and_extensions_in_any_case(tmp_path):
+    """Directory links are followed once, cycles are cut and counted, broken links and loops are list errors,
+    zero-byte files are rows, extensions match in any case, times are Hadoop's (milliseconds)."""
+    import os
+
+    root = tmp_path / "tree"
+    apple, elsewhere = root / "Training" / "Apple", tmp_path / "elsewhere" / "Kiwi"
+    apple.mkdir(parents=True)
+    elsewhere.mkdir(parents=True)
+    (apple / "1.jpg").write_bytes(b"jpeg bytes")
+    (apple / "2.PNG").write_bytes(b"png bytes")
+    (apple / "empty.jpeg").write_bytes(b"")
+    (elsewhere / "3.jpg").write_bytes(b"jpeg bytes")
+    os.symlink(elsewhere, root / "Training" / "Kiwi")  # a linked folder: its images are listed through the link
+    os.symlink("..", apple / "back-to-training")  # a cycle
+    os.symlink("/nonexistent/x.jpg", apple / "dangling.jpg")
+    os.symlink("loop.jpg", apple / "loop.jpg")
+    os.utime(apple / "1.jpg", ns=(1_700_000_000_123_456_789, 1_700_000_000_123_456_789))
+
+    manifest = listing.account_for_every_file(f"file:{root}")
+    rows = manifest.set_index("rel")
+    assert sorted(rows.index) == ["Training/Apple/1.jpg", "Training/Apple/2.PNG", "Training/Apple/dangling.jpg",
+                                  "Training/Apple/empty.jpeg", "Training/Apple/loop.jpg", "Training/Kiwi/3.jpg"]
+    assert rows.loc["Training/Kiwi/3.jpg", "label"] == "Kiwi" and rows.loc["Training/Apple/empty.jpeg", "size"] == 0
+    assert rows.loc["Training/Apple/1.jpg", "modified_us"] == 1_700_000_000_123_000
+    assert rows.loc["Training/Apple/loop.jpg", "list_error"] == "symbolic link loop"
+    assert rows.loc["Training/Apple/dangling.jpg", "list_error"].startswith("broken symbolic link")
+    assert rows["list_error"].notna().sum() == 2
+    assert manifest.attrs["cycle_paths"] == 5  # the files the cycle would list again, once (links not followed)
+    assert manifest.attrs["skipped"] == {}
+
+
+def test_a_missing_input_is_a_one_line_error_without_spark(tmp_path):
+    with pytest.raises(OrchardError, match="does not exist"):
+        listing.account_for_every_file(f"file:{tmp_path / 'nowhere'}")
 
 
 def test_every_file_is_listed_or_skipped_with_its_reason(spark, tmp_path):

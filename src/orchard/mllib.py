@@ -1,10 +1,11 @@
-"""Write Spark MLlib's persistence format for a PipelineModel directly, without the JVM.
+"""Write (and read back) Spark MLlib's persistence format for a PipelineModel directly, without the JVM.
 
 A saved MLlib model is a folder: `metadata/part-00000` (one JSON line: class, uid, Spark version, params)
 and, for fitted stages, `data/` (one Parquet row whose vector and matrix columns are MLlib's UDTs, described
 in the `org.apache.spark.sql.parquet.row.metadata` footer key as Spark itself writes it). A PipelineModel
 keeps its stages under `stages/<index>_<uid>/`. Written from Python with pyarrow, the folder is the same on
-every engine (classic or Connect, 3.5 or 4.x) and `PipelineModel.load` reads it in any of them.
+every engine (classic or Connect, 3.5 or 4.x) and `PipelineModel.load` reads it in any of them; the run
+itself reads the arrays back with pyarrow (`read_pipeline_model`) instead of loading it through the JVM.
 """
 
 from __future__ import annotations
@@ -104,3 +105,25 @@ def _write_data(folder: str, cells: dict, spark_version: str) -> None:
     table = table.replace_schema_metadata({ROW_METADATA_KEY: json.dumps(spark_schema, separators=(",", ":")),
                                            b"org.apache.spark.version": spark_version})
     fs.write_parquet(fs.join(folder, "part-00000.snappy.parquet"), table)
+
+
+def read_pipeline_model(uri: str) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """The fitted stages of the PipelineModel folder at `uri`, without the JVM: (MLlib class, {column: array})
+    per stage, in order; vectors become 1-D arrays and matrices 2-D ones."""
+    uids = fs.read_json(fs.join(uri, "metadata", "part-00000"))["paramMap"]["stageUids"]
+    digits = len(str(len(uids)))
+    stages = []
+    for index, uid in enumerate(uids):
+        folder = fs.join(uri, "stages", f"{index:0{digits}d}_{uid}")
+        java_class = fs.read_json(fs.join(folder, "metadata", "part-00000"))["class"]
+        row = fs.read_columns(fs.join(folder, "data")).to_pylist()[0]
+        stages.append((java_class, {name: _cell_array(cell) for name, cell in row.items() if isinstance(cell, dict)}))
+    return stages
+
+
+def _cell_array(cell: dict) -> np.ndarray:
+    """A dense VectorUDT or MatrixUDT cell as a NumPy array."""
+    values = np.asarray(cell["values"], np.float64)
+    if "numRows" not in cell:
+        return values
+    return values.reshape((cell["numRows"], cell["numCols"]), order="C" if cell["isTransposed"] else "F")

@@ -13,27 +13,34 @@ from __future__ import annotations
 import math
 import platform
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pandas as pd
 import pyarrow as pa
 
-from orchard import __version__, incremental, output, reduce, schema
+from orchard import __version__, incremental, output, record, reduce, schema
 from orchard import spark as sparkglue
 from orchard.cloud import s3
 from orchard.config import RunConfig, effective_k_rule
 from orchard.engine import engine_for
 from orchard.errors import AccountingError, ConfigError, InputError, ResourceError, StorageError, access_denied
-from orchard.featurize import weights
+from orchard.featurize import cpu, runtime, weights
 from orchard.featurize.batch import WorkerSettings
+from orchard.featurize.quantize import COSINE_TARGETS
 from orchard.io import fs, listing
 from orchard.output import COMMITTED, DATASETS, Layout
 from orchard.preprocess import Limits
 from orchard.progress import Progress
+from orchard.record import Counts, ModelRecord, RunRecord
 from orchard.verify import part_checksums
 
 TARGET_PART_BYTES = 128 * 1024 * 1024
+FEATURE_ROW_BYTES = 5200  # a features/ row in Parquet, about
+# Schemas given to Spark's Parquet reads of orchard's own files: no job to read a footer for them.
+FEATURES_DDL = schema.ddl({**{key: schema.ROW_KEYS[key] for key in ("path", "label", "split")},
+                           "features": schema.RESULT["features"]})
 
 
 @dataclass
@@ -73,10 +80,11 @@ class RunResult:
             lines.insert(0, "WARNING: " + self.info["model"]["description"])
         quantization = self.info["model"].get("quantization")
         if quantization:
-            note = (f"int8: median cosine similarity to fp32 {quantization['cosine_median']:.4f} on "
-                    f"{quantization['validation_images']} held-out images")
-            if quantization["cosine_median"] < INT8_COSINE_TARGET:
-                note = f"WARNING: {note}, below {INT8_COSINE_TARGET}: prefer --precision fp32"
+            target = COSINE_TARGETS[quantization["mode"]]
+            note = (f"{quantization['mode']}: median cosine similarity to fp32 {quantization['cosine_median']:.4f} "
+                    f"on {quantization['validation_images']} held-out images")
+            if quantization["cosine_median"] < target:
+                note = f"WARNING: {note}, below {target}: prefer --precision fp32"
             lines.insert(len(lines) - 1, note)
         change = self.info.get("incremental")
         if self.info.get("up_to_date"):
@@ -110,6 +118,8 @@ def run(config: RunConfig, spark=None) -> RunResult:
     started = time.perf_counter()
     fs.set_default_storage(config.storage)
     target = plan_target(config)  # read-only: nothing is written before input and weights check out
+    if config.precision == "bf16":
+        cpu.check_bf16("the driver")  # before Spark starts; executors check again (openvino_engine)
     layout = target.layout
     timings = Timings()
     spark = spark or sparkglue.get_session(config.spark, s3.spark_conf(config.storage, config.input, config.output))
@@ -125,12 +135,12 @@ def run(config: RunConfig, spark=None) -> RunResult:
             changes = incremental.diff(manifest, incremental.recorded_state(target.base))
             if changes.empty and not config.refit_pca:
                 fs.remove_tree(layout.root)
-                return RunResult(target.base.root, {**base_info, "up_to_date": True})
+                return RunResult(target.base.root, {**base_info.to_dict(), "up_to_date": True})
             work = changes.todo
             _carry(spark, target.base, changes, layout)
-    if config.precision == "int8":
+    if config.precision != "fp32":
         with timings.stage("quantize"):
-            source = quantized(source, manifest, config)
+            source = reduced_precision(source, manifest, config)
     with timings.stage("featurize"):
         shard_stats = featurize_shards(spark, work, source, config, layout)
     staging = layout.staging  # nothing appears under the output folder before the commit
@@ -144,24 +154,24 @@ def run(config: RunConfig, spark=None) -> RunResult:
             write_csv(spark, staging, pca_summary.k)
     skipped = write_skipped(layout)
 
-    info = run_info(config, spark, source, manifest, found, shard_stats, written, pca_summary, timings, started)
-    info["counts"].update(skipped=sum(skipped.values()), skipped_by_reason=skipped)
-    info["outputs"] = {name: getattr(layout, name) for name in (*DATASETS, "model")}
+    info = run_record(config, spark, source, manifest, found, shard_stats, written, pca_summary, timings, started)
+    info.counts.skipped, info.counts.skipped_by_reason = sum(skipped.values()), skipped
+    info.outputs = {name: getattr(layout, name) for name in (*DATASETS, "model")}
     if config.incremental:
-        info["incremental"] = incremental_info(target, changes, len(work), reuse)
+        info.incremental = incremental_info(target, changes, len(work), reuse)
         if changes is not None:
             incremental.write_changes(changes, staging.changes)
-    info["parts"] = part_checksums(staging.root)
-    info["resume"] = {"resumed": target.state == "resume",
-                      "shards_reused": sum(s.get("reused", False) for s in shard_stats)}
-    check_accounting(info["counts"])
+    info.parts = part_checksums(staging.root)
+    info.resume = {"resumed": target.state == "resume",
+                   "shards_reused": sum(s.get("reused", False) for s in shard_stats)}
+    check_accounting(info.counts)
     commit(layout, info)
     if target.version is not None:
         publish(config.output, target.version)
-    return RunResult(layout.root, info)
+    return RunResult(layout.root, info.to_dict())
 
 
-def commit(layout: Layout, info: dict) -> None:
+def commit(layout: Layout, info: RunRecord) -> None:
     """Move the staged folders into place, then write run.json and `_SUCCESS` (last) and drop `_work/`.
 
     A crash part-way leaves `_work/` and no `_SUCCESS`: the rerun resumes, rebuilds the staging from the
@@ -172,11 +182,11 @@ def commit(layout: Layout, info: dict) -> None:
         staged = fs.join(layout.staging.root, name)
         if fs.exists(staged):
             fs.move_tree(staged, fs.join(layout.root, name))
-    timings = info["timings"]
+    timings = info.timings
     timings["commit"] = time.perf_counter() - started
     timings["total"] += timings["commit"]
-    timings["images_per_second"] = info["counts"]["listed"] / timings["total"]
-    fs.write_json(layout.run_json, info)
+    timings["images_per_second"] = info.counts.listed / timings["total"]
+    record.write(layout.run_json, info)
     fs.write_bytes(layout.success, b"")  # the commit: the folder is now a finished run
     fs.remove_tree(layout.work)
 
@@ -245,17 +255,16 @@ def publish(store: str, version: int) -> None:
                                              "published_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
 
 
-def check_base(config: RunConfig, target: Target, source: weights.ModelSource) -> dict:
-    """run.json of the base version, once checked that its rows and PCA model may be reused; {} if none."""
+def check_base(config: RunConfig, target: Target, source: weights.ModelSource) -> RunRecord | None:
+    """The record of the base version, once checked that its rows and PCA model may be reused; None if none."""
     if target.base is None:
-        return {}
-    info = fs.read_json(target.base.run_json)
+        return None
+    info = record.read(target.base.run_json)
     name = target.base.root.rsplit("/", 1)[-1]
-    if (info.get("feature_fingerprint") != config.feature_fingerprint()
-            or info["model"]["onnx_sha256"] != source.onnx_sha256):
+    if info.feature_fingerprint != config.feature_fingerprint() or info.model.onnx_sha256 != source.onnx_sha256:
         raise ConfigError(f"{name} of {config.output} was made with other weights or image guards: rerun with its "
                           "--weights/--seed/--max-pixels/--max-bytes, or write a new output")
-    pca = info["pca"]
+    pca = info.pca
     rule, target_value = effective_k_rule(config)
     if not config.refit_pca and ((rule, target_value, config.standardize)
                                  != (pca["rule"], pca["target"], pca["standardized"])):
@@ -342,15 +351,17 @@ def write_skipped(layout: Layout) -> dict[str, int]:
 def worker_settings(config: RunConfig, threads: int) -> WorkerSettings:
     """What Python workers need from the config (small and picklable)."""
     return WorkerSettings(threads=threads, chunk=config.batch_size, io_threads=config.io_threads,
-                          limits=Limits(config.max_pixels, config.max_bytes), storage=config.storage)
+                          limits=Limits(config.max_pixels, config.max_bytes), storage=config.storage,
+                          precision=config.precision)
 
 
 CALIBRATION_IMAGES, VALIDATION_IMAGES = 64, 32
-INT8_COSINE_TARGET = 0.99
 
 
-def quantized(source: weights.ModelSource, manifest: pd.DataFrame, config: RunConfig) -> weights.ModelSource:
-    """The int8 model, calibrated on a class-stratified sample of this run's images, checked on others."""
+def reduced_precision(source: weights.ModelSource, manifest: pd.DataFrame, config: RunConfig
+                      ) -> weights.ModelSource:
+    """The int8 or bf16 model, checked against fp32 on a class-stratified sample of this run's images (int8:
+    calibrated on every other image of the sample, checked on the rest)."""
     import dataclasses
 
     import numpy as np
@@ -361,15 +372,19 @@ def quantized(source: weights.ModelSource, manifest: pd.DataFrame, config: RunCo
     sample = listing.stratified_sample(manifest, CALIBRATION_IMAGES + VALIDATION_IMAGES).sort_values("path")
     _, tensors, _ = prepare_paths(sample["path"].tolist(), worker_settings(config, threads=1))
     if len(tensors) < 16:
-        raise ConfigError(f"--precision int8 needs at least 16 decodable images to calibrate, found "
-                          f"{len(tensors)}: use fp32")
+        raise ConfigError(f"--precision {config.precision} needs at least 16 decodable images to check it against "
+                          f"fp32, found {len(tensors)}: use fp32")
     images = np.stack(tensors)
     # every other image calibrates, the rest validate: both sets span the classes
     calibration, validation = images[::2][:CALIBRATION_IMAGES], images[1::2][:VALIDATION_IMAGES]
-    int8 = quantize.quantize_int8(source.onnx_bytes, calibration, weights.orchard_cache_dir() / "models")
-    report = quantize.compare(source.onnx_bytes, int8, validation, len(calibration))
-    return dataclasses.replace(source, onnx_bytes=int8, precision="int8", quantization=report.to_dict(),
-                               description=source.description + "; int8 (static QDQ)")
+    if config.precision == "int8":
+        model = quantize.quantize_int8(source.onnx_bytes, calibration, weights.orchard_cache_dir() / "models")
+        how = "int8 (static QDQ)"
+    else:
+        model, calibration, how = source.onnx_bytes, calibration[:0], "bf16 (inference precision hint)"
+    report = quantize.compare(source.onnx_bytes, model, validation, len(calibration), config.precision)
+    return dataclasses.replace(source, onnx_bytes=model, precision=config.precision, quantization=report.to_dict(),
+                               description=f"{source.description}; {how} on {runtime.ENGINES[config.precision]}")
 
 
 def shard_count(images: int, shard_size: int) -> int:
@@ -460,26 +475,39 @@ def part_count(rows: int, bytes_per_row: int) -> int:
     return max(1, math.ceil(rows * bytes_per_row / TARGET_PART_BYTES))
 
 
-def _write_sorted(frame, uri: str, parts: int) -> None:
-    """Write sorted by path in `parts` files (one part needs no range-sampling job)."""
-    spread = frame.repartition(1) if parts == 1 else frame.repartitionByRange(parts, "path")
-    spread.sortWithinPartitions("path").write.mode("overwrite").parquet(uri)
+def _write_sorted(frame, uri: str, parts: int, small_input: bool = True, key: str = "path",
+                  csv: bool = False) -> None:
+    """Write sorted by `key` in `parts` files (Parquet, or CSV with a header). One part from a `small_input`
+    (what one task reads and computes quickly) is one job with no shuffle; one part otherwise is a shuffle
+    to one task, more a range shuffle."""
+    if parts == 1:
+        spread = frame.coalesce(1) if small_input else frame.repartition(1)
+    else:
+        spread = frame.repartitionByRange(parts, key)
+    writer = spread.sortWithinPartitions(key).write.mode("overwrite")
+    if csv:
+        writer.option("header", "true").csv(uri)
+    else:
+        writer.parquet(uri)
 
 
 def write_datasets(spark, rows_uri: str, layout: Layout, manifest: pd.DataFrame) -> dict:
     """features/, metadata/ and errors/ of `layout` from the shard rows, sorted by path. Returns row counts."""
     from pyspark.sql import functions as F
 
-    rows = spark.read.parquet(rows_uri).drop("shard")
+    rows = spark.read.schema(schema.ddl(schema.SHARD_ROWS)).parquet(rows_uri).drop("shard")
     ok = rows.where(F.col("error").isNull())
     n_rows = len(manifest)
-    _write_sorted(ok.select("path", "label", "split", "features"), layout.features, part_count(n_rows, 5200))
     metadata = rows.select("path", "label", "split", "bytes", "width", "height", "sha256",
                            F.timestamp_micros("modified_us").alias("modified"),
                            F.when(F.col("error").isNull(), "ok").otherwise("error").alias("status"))
-    _write_sorted(metadata, layout.metadata, part_count(n_rows, 200))
     errors = rows.where(F.col("error").isNotNull()).select("path", "label", "split", "stage", "error")
-    _write_sorted(errors, layout.errors, 1)
+    writes = [(ok.select("path", "label", "split", "features"), layout.features, part_count(n_rows, FEATURE_ROW_BYTES)),
+              (metadata, layout.metadata, part_count(n_rows, 200)), (errors, layout.errors, 1)]
+    # Three independent jobs at once: each one's fixed costs (planning, task start, commit) overlap the others'.
+    with ThreadPoolExecutor(len(writes)) as pool:
+        for done in [pool.submit(_write_sorted, *write) for write in writes]:
+            done.result()
     # The counts come from what was written, read back by the driver (small columns, no Spark job).
     written = fs.read_columns(layout.metadata, ["path", "status"])
     paths, statuses = written["path"], written["status"].to_pylist()
@@ -491,19 +519,18 @@ def write_datasets(spark, rows_uri: str, layout: Layout, manifest: pd.DataFrame)
 
 
 def reduce_features(spark, config: RunConfig, layout: Layout, n_ok: int, reuse: Layout | None = None,
-                    base_info: dict | None = None) -> reduce.PcaSummary:
+                    base_info: RunRecord | None = None) -> reduce.PcaSummary:
     """Fit PCA on features/ (or reuse the model of version `reuse`); write pca/, variance/ and model/."""
     if n_ok < 2:
         raise ConfigError(f"only {n_ok} image(s) could be featurised: PCA needs at least 2 (see errors/)")
-    features = spark.read.parquet(layout.features)
+    features = spark.read.schema(FEATURES_DDL).parquet(layout.features)
     if reuse is None:
-        model, summary = reduce.fit(features, config, layout.model)
+        projection, summary = reduce.fit(features, config, layout.model)
     else:
-        from pyspark.ml import PipelineModel
-
         fs.copy_tree(reuse.model, layout.model)
-        model, summary = PipelineModel.load(layout.model), reduce.PcaSummary.from_dict(base_info["pca"])
-    _write_sorted(reduce.transform(model, features), layout.pca, part_count(n_ok, 4 * summary.k + 200))
+        projection, summary = reduce.Projection.read(layout.model), reduce.PcaSummary.from_dict(base_info.pca)
+    _write_sorted(reduce.transform(projection, features), layout.pca, part_count(n_ok, 4 * summary.k + 200),
+                  small_input=part_count(n_ok, FEATURE_ROW_BYTES) == 1)
     variance = pa.table({
         "component": pa.array(range(1, len(summary.explained) + 1), pa.int32()),
         "explained_variance": summary.explained,
@@ -529,13 +556,15 @@ def write_csv(spark, layout: Layout, k: int) -> None:
         "errors": spark.read.parquet(layout.errors),
         "variance": spark.read.parquet(layout.variance),
     }
-    for name, frame in frames.items():
-        frame.orderBy("path" if "path" in frame.columns else "component").write.mode("overwrite").option(
-            "header", "true").csv(layout.csv(name))
+    for name, frame in frames.items():  # as many parts as the Parquet dataset: already in order, no sampling
+        parts = len([f for f in fs.list_files(getattr(layout, name)) if f.endswith(".parquet")])
+        _write_sorted(frame, layout.csv(name), max(parts, 1), key="path" if "path" in frame.columns else "component",
+                      csv=True)
 
 
-def run_info(config, spark, source, manifest, found, shard_stats, written, pca_summary, timings, started) -> dict:
-    """The content of run.json: config, versions, model, counts, timings, explained variance."""
+def run_record(config, spark, source, manifest, found, shard_stats, written, pca_summary, timings, started
+               ) -> RunRecord:
+    """The run's record (run.json): config, versions, model, counts, timings, explained variance."""
     import numpy
     import onnxruntime
     import pyspark
@@ -545,31 +574,29 @@ def run_info(config, spark, source, manifest, found, shard_stats, written, pca_s
                                                                                    "inference")}
     timings = dict(timings, total=total, images_per_second=len(manifest) / total if total else 0.0,
                    worker_seconds=worker)
-    return {
-        "orchard_version": __version__,
-        "status": "complete",
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "fingerprint": config.fingerprint(),
-        "feature_fingerprint": config.feature_fingerprint(),
-        "config": config.to_dict(),
-        "versions": {"python": platform.python_version(), "pyspark": pyspark.__version__,
-                     "onnxruntime": onnxruntime.__version__, "numpy": numpy.__version__},
-        "spark": engine_for(spark).facts(),
-        "model": {"architecture": "MobileNetV2 1.0/224, top removed, global average pooling",
-                  "feature_dim": 1280, "runtime": "onnxruntime", "weights": source.kind,
-                  "precision": source.precision, "quantization": source.quantization,
-                  "description": source.description, "meaningful": source.meaningful,
-                  "weights_path": source.weights_path, "weights_sha256": source.weights_sha256,
-                  "onnx_sha256": source.onnx_sha256},
-        "counts": {"found": found["found"], "skipped_cycle_paths": found["cycle_paths"], "listed": len(manifest),
-                   "ok": written["ok"], "errors": written["errors"],
-                   "rows": written["rows"], "distinct_paths": written["distinct_paths"],
-                   "classes": written["classes"], "errors_by_stage": written["errors_by_stage"]},
-        "shards": shard_stats,
-        "storage": storage_info(shard_stats),
-        "timings": timings,
-        "pca": pca_summary.to_dict(),
-    }
+    return RunRecord(
+        orchard_version=__version__,
+        finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        fingerprint=config.fingerprint(),
+        feature_fingerprint=config.feature_fingerprint(),
+        config=config.to_dict(),
+        versions={"python": platform.python_version(), "pyspark": pyspark.__version__,
+                  "onnxruntime": onnxruntime.__version__, "numpy": numpy.__version__},
+        spark=engine_for(spark).facts(),
+        model=ModelRecord(weights=source.kind, description=source.description, meaningful=source.meaningful,
+                          onnx_sha256=source.onnx_sha256, precision=source.precision,
+                          quantization=source.quantization, runtime=runtime.ENGINES[source.precision],
+                          engine=runtime.engine_version(source.precision), cpu=cpu.features(),
+                          weights_path=source.weights_path, weights_sha256=source.weights_sha256),
+        counts=Counts(listed=len(manifest), ok=written["ok"], errors=written["errors"], rows=written["rows"],
+                      distinct_paths=written["distinct_paths"], classes=written["classes"],
+                      errors_by_stage=written["errors_by_stage"], found=found["found"],
+                      skipped_cycle_paths=found["cycle_paths"]),
+        shards=shard_stats,
+        storage=storage_info(shard_stats),
+        timings=timings,
+        pca=pca_summary.to_dict(),
+    )
 
 
 def storage_info(shard_stats: list[dict]) -> dict:
@@ -581,10 +608,10 @@ def storage_info(shard_stats: list[dict]) -> dict:
             "read_attempts_per_file": DEFAULT_POLICY.attempts, "s3_attempts_per_request": fs.S3_REQUEST_ATTEMPTS}
 
 
-def check_accounting(counts: dict) -> None:
+def check_accounting(counts: Counts) -> None:
     """listed = ok + errors, one row per path; otherwise the run fails and never gets _SUCCESS."""
-    if counts["ok"] + counts["errors"] != counts["listed"] or counts["distinct_paths"] != counts["rows"]:
+    if counts.ok + counts.errors != counts.listed or counts.distinct_paths != counts.rows:
         raise AccountingError(
-            f"accounting does not add up: listed {counts['listed']}, ok {counts['ok']}, errors "
-            f"{counts['errors']}, rows {counts['rows']}, distinct paths {counts['distinct_paths']}"
+            f"accounting does not add up: listed {counts.listed}, ok {counts.ok}, errors "
+            f"{counts.errors}, rows {counts.rows}, distinct paths {counts.distinct_paths}"
         )

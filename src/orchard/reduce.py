@@ -4,11 +4,13 @@ The fitted model is a PipelineModel (optional StandardScalerModel, then PCAModel
 made with `array_to_vector(features)`, so it transforms new feature rows later. MLlib's PCA estimator
 aggregates rank-one updates row by row (BLAS level 2) and decomposes the covariance in the JVM; here one
 Spark job (one pass) sums each partition's mean and centred scatter matrix (NumPy, level 3), the driver
-merges them (Chan's formula) and decomposes the 1280x1280 covariance (`eigh`), and mllib.py writes the
-standard MLlib model folder, which `PipelineModel.load` then reads: the same on every engine, no JVM
-calls from Python. The models equal those of MLlib's estimators up to the sign of each component (checked
-in the tests); a component's sign is fixed here so that its largest entry is positive. Note: MLlib's
-PCAModel projects without centring (unlike scikit-learn); explained variance ratios are the same.
+merges them (Chan's formula) and decomposes the 1280x1280 covariance (`eigh`, one BLAS thread: on two
+cores shared with the JVM, LAPACK's threads mostly wait for each other), and mllib.py writes the standard
+MLlib model folder that `PipelineModel.load` reads: the same on every engine. The run projects its own
+rows with the same arrays in NumPy (`Projection`, a mapInArrow), not through the JVM's model. The models
+equal those of MLlib's estimators up to the sign of each component (checked in the tests); a component's
+sign is fixed here so that its largest entry is positive. Note: MLlib's PCAModel projects without centring
+(unlike scikit-learn); explained variance ratios are the same.
 """
 
 from __future__ import annotations
@@ -130,17 +132,20 @@ def partition_moments(batches: Iterator) -> Iterator:
 
 def moments(features) -> Moments:
     """The moments of a DataFrame's `features` column: one pass; each partition's partial moments (13 MB)
-    stream to the driver one at a time and merge there."""
+    stream to the driver and merge there (the next partition is computed while one is merged)."""
     partials = features.select("features").mapInArrow(partition_moments, MOMENTS_SCHEMA)
     total = Moments(0, np.zeros(FEATURE_DIM), np.zeros((FEATURE_DIM, FEATURE_DIM)))
-    for row in partials.toLocalIterator():
+    for row in partials.toLocalIterator(prefetchPartitions=True):
         total = total.merge(Moments.from_row(row))
     return total
 
 
 def principal_components(covariance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(explained variance ratio per component, components as columns), largest first, signs fixed."""
-    eigenvalues, vectors = np.linalg.eigh(covariance)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="blas"):
+        eigenvalues, vectors = np.linalg.eigh(covariance)
     order = np.argsort(eigenvalues)[::-1]
     eigenvalues, vectors = np.clip(eigenvalues[order], 0.0, None), vectors[:, order]
     signs = np.sign(vectors[np.abs(vectors).argmax(axis=0), np.arange(vectors.shape[1])])
@@ -149,28 +154,62 @@ def principal_components(covariance: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return (eigenvalues / total if total > 0 else eigenvalues), vectors
 
 
-def fit(features, config: RunConfig, model_uri: str):
-    """Fit the reduction on a DataFrame with a `features` array column and save it at `model_uri`.
-    Returns (PipelineModel, PcaSummary).
+@dataclass(frozen=True)
+class Projection:
+    """A fitted reduction as arrays: optional standardisation (mean, scale = 1/std, 0 for constant features),
+    then the components (d x k), as MLlib's StandardScalerModel and PCAModel compute it (float64)."""
+
+    components: np.ndarray
+    mean: np.ndarray | None = None
+    scale: np.ndarray | None = None
+
+    @property
+    def k(self) -> int:
+        """The number of components kept."""
+        return self.components.shape[1]
+
+    def apply(self, rows: np.ndarray) -> np.ndarray:
+        """Feature rows [n, d] -> their projections [n, k] (float32, as the `pca` column)."""
+        x = np.asarray(rows, np.float64)
+        if self.mean is not None:
+            x = (x - self.mean) * self.scale
+        return (x @ self.components).astype(np.float32)
+
+    @classmethod
+    def read(cls, model_uri: str) -> Projection:
+        """The arrays of a model folder this module wrote (or MLlib's estimators saved)."""
+        data = {java_class.rsplit(".", 1)[-1]: cells for java_class, cells in mllib.read_pipeline_model(model_uri)}
+        scaler = data.get("StandardScalerModel")
+        if scaler is None:
+            return cls(data["PCAModel"]["pc"])
+        return cls(data["PCAModel"]["pc"], scaler["mean"], _inverse(scaler["std"]))
+
+
+def _inverse(std: np.ndarray) -> np.ndarray:
+    return np.divide(1.0, std, out=np.zeros_like(std), where=std > 0)  # MLlib: constant features -> 0
+
+
+def fit(features, config: RunConfig, model_uri: str) -> tuple[Projection, PcaSummary]:
+    """Fit the reduction on a DataFrame with a `features` array column and save it at `model_uri` (MLlib's
+    PipelineModel format). Returns (Projection, PcaSummary).
 
     Every component's explained variance is computed whatever the rule (one decomposition gives them all).
     """
-    from pyspark.ml import PipelineModel
-
     rule, target = effective_k_rule(config)  # RunConfig keeps --k within the feature size
     stats = moments(features)
     covariance = stats.covariance()
-    stages = []
+    stages, mean, scale = [], None, None
     if config.standardize:
         std = np.sqrt(np.diag(covariance))
-        scale = np.divide(1.0, std, out=np.zeros_like(std), where=std > 0)  # MLlib: constant features -> 0
+        mean, scale = stats.mean, _inverse(std)
         covariance = covariance * np.outer(scale, scale)
         stages.append(scaler_stage(stats.mean, std))
     explained, components = principal_components(covariance)
     k = int(target) if rule == "k" else choose_k(explained.tolist(), target)
     stages.append(pca_stage(components[:, :k], explained[:k], "scaled" if config.standardize else "vector"))
     mllib.write_pipeline_model(model_uri, stages, features.sparkSession.version)
-    return PipelineModel.load(model_uri), PcaSummary(k, rule, target, explained.tolist(), config.standardize)
+    projection = Projection(np.ascontiguousarray(components[:, :k]), mean, scale)
+    return projection, PcaSummary(k, rule, target, explained.tolist(), config.standardize)
 
 
 def scaler_stage(mean: np.ndarray, std: np.ndarray) -> mllib.Stage:
@@ -188,13 +227,24 @@ def pca_stage(components: np.ndarray, explained: np.ndarray, input_col: str) -> 
                        {"pc": mllib.dense_matrix(components), "explainedVariance": mllib.dense_vector(explained)})
 
 
-def transform(model, features):
-    """Rows with a `features` array -> the same rows with `pca` (array<float>, k values) instead."""
-    from pyspark.ml.functions import vector_to_array
+def transform(projection: Projection, features):
+    """Rows with a `features` array -> the same rows with `pca` (array<float>, k values) instead: one
+    mapInArrow, in NumPy, no MLlib vectors."""
+    import pyarrow as pa
 
-    projected = model.transform(with_vector(features))
     keep = [c for c in features.columns if c != "features"]
-    return projected.select(*keep, vector_to_array("pca_vector", "float32").alias("pca"))
+    out_schema = ", ".join([*(f"`{f.name}` {f.dataType.simpleString()}" for f in features.schema.fields
+                              if f.name in keep), "pca array<float>"])
+
+    def project(batches: Iterator) -> Iterator:
+        for batch in batches:
+            matrix = batch.column("features").flatten().to_numpy(zero_copy_only=False).reshape(-1, FEATURE_DIM)
+            values = pa.array(projection.apply(matrix).reshape(-1), pa.float32())
+            pca = pa.ListArray.from_arrays(pa.array(np.arange(batch.num_rows + 1) * projection.k, pa.int32()),
+                                           values)
+            yield pa.RecordBatch.from_arrays([*(batch.column(name) for name in keep), pca], [*keep, "pca"])
+
+    return features.mapInArrow(project, out_schema)
 
 
 def with_vector(features):

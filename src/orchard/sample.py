@@ -8,6 +8,7 @@ lighting per image, so features and PCA show real structure. Deterministic for a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -34,13 +35,15 @@ class SampleSpec:
     size: int = 100
     quality: int = 95
     seed: int = 0
-    total: int | None = None  # exact number of Training images, spread over the classes (no Test split)
+    total: int | None = None  # exact number of images, spread over the classes (Training only, unless test_share)
+    test_share: float = 0.0  # with `total`: the share of each class's images that goes to Test
 
     def counts(self, class_index: int) -> tuple[tuple[str, int], ...]:
         """(split, images) for one class."""
         if self.total is not None:
             share = self.total // self.classes + (class_index < self.total % self.classes)
-            return (("Training", share),)
+            test = round(share * self.test_share)
+            return (("Training", share - test), ("Test", test)) if test else (("Training", share),)
         return (("Training", self.train_per_class), ("Test", self.test_per_class))
 
 
@@ -54,23 +57,34 @@ def class_names(count: int) -> list[str]:
     return names
 
 
-def make_sample(directory: str | Path, spec: SampleSpec = SampleSpec()) -> int:
-    """Write the collection under `directory`; returns the number of images written."""
-    root = Path(directory)
+def make_sample(directory: str | Path, spec: SampleSpec = SampleSpec(), processes: int = 1) -> int:
+    """Write the collection under `directory` (classes spread over `processes` processes: the same files
+    whatever the number); returns the number of images written."""
+    write = partial(_write_class, Path(directory), spec)
+    if processes <= 1:
+        return sum(map(write, range(spec.classes)))
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        return sum(pool.imap_unordered(write, range(spec.classes)))
+
+
+def _write_class(root: Path, spec: SampleSpec, class_index: int) -> int:
+    """Every image of one class; returns how many."""
+    name = class_names(spec.classes)[class_index]
+    style = np.random.default_rng([spec.seed, class_index])
+    base = style.integers(30, 230, 3)
+    aspect, lobes, texture = style.uniform(0.6, 1.0), int(style.integers(0, 4)), style.uniform(0, 40)
     written = 0
-    for class_index, name in enumerate(class_names(spec.classes)):
-        style = np.random.default_rng([spec.seed, class_index])
-        base = style.integers(30, 230, 3)
-        aspect, lobes, texture = style.uniform(0.6, 1.0), int(style.integers(0, 4)), style.uniform(0, 40)
-        for split, count in spec.counts(class_index):
-            folder = root / split / name
-            folder.mkdir(parents=True, exist_ok=True)
-            for index in range(count):
-                rng = np.random.default_rng([spec.seed, class_index, split == "Test", index])
-                image = render_fruit(rng, spec.size, base, aspect, lobes, texture)
-                data = simplejpeg.encode_jpeg(image, quality=spec.quality, colorspace="RGB")
-                (folder / f"{index}_{spec.size}.jpg").write_bytes(data)
-                written += 1
+    for split, count in spec.counts(class_index):
+        folder = root / split / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for index in range(count):
+            rng = np.random.default_rng([spec.seed, class_index, split == "Test", index])
+            image = render_fruit(rng, spec.size, base, aspect, lobes, texture)
+            data = simplejpeg.encode_jpeg(image, quality=spec.quality, colorspace="RGB")
+            (folder / f"{index}_{spec.size}.jpg").write_bytes(data)
+            written += 1
     return written
 
 

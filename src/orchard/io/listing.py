@@ -1,4 +1,4 @@
-"""List an image collection with Spark's binaryFile source and select what a run processes.
+"""List an image collection (by the driver: no Spark job) and select what a run processes.
 
 Labels and splits come from the folder layout: label = parent folder, split = first-level folder when
 the file is at least two folders deep (Fruits-360: Training/<class>/<image>). Selection (--classes,
@@ -13,9 +13,7 @@ import hashlib
 import math
 import os
 import stat
-from contextlib import contextmanager
 from functools import lru_cache
-from urllib.parse import unquote
 
 import pandas as pd
 
@@ -25,80 +23,57 @@ from orchard.errors import ConfigError, OrchardError
 from orchard.io import fs
 
 MANIFEST_COLUMNS = ["path", "rel", "label", "split", "size", "modified_us"]  # + list_error for local fixes
-# The listing reads no file content, so a file costs nothing to "open": plan partitions by the files' bytes
-# (one per core, at most 128 MB each) instead of one per 32 files (Spark's default 4 MB open cost): e.g. 3
-# tasks instead of ~2,100 for Fruits-360's 67,692 files.
-LISTING_CONF = {"spark.sql.files.openCostInBytes": "1"}
-# Local folders are listed faster by the driver itself than by a Spark job (which S3 prefixes need).
-LOCAL_LISTING_CONF = {"spark.sql.sources.parallelPartitionDiscovery.threshold": str(2**31 - 1)}
-
-
-def extension_glob(extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> str:
-    """A case-insensitive Hadoop glob for the extensions: *.{[jJ][pP][gG],...}."""
-    def insensitive(ext: str) -> str:
-        return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in ext)
-
-    return "*.{" + ",".join(insensitive(ext) for ext in extensions) + "}"
 
 
 def list_images(spark, root: str, exclude: tuple[str, ...] = (),
                 storage: fs.StorageOptions | None = None) -> pd.DataFrame:
     """Every image file under `root` (recursive), as a manifest: path, rel, label, split, size, modified_us
-    (modification time, microseconds since the epoch: an instant, whatever the time zone).
+    (modification time, microseconds since the epoch, to the millisecond as Hadoop gives it: an instant,
+    whatever the time zone). Paths are spelled as Spark spells them (file:/abs/dir/..., s3a://bucket/...).
 
-    Every other file under `root` is accounted for in `manifest.attrs["skipped"]` (path -> reason): see
-    `account_for_every_file`. Zero-byte files are listed (with size 0) so that they end up in errors/.
-    Folders in `exclude` (e.g. the run's own output, when it lies inside the input) are skipped.
+    The driver lists: `os.walk` on a local tree, one recursive pyarrow listing elsewhere (S3, HDFS); Spark
+    only qualifies the root. Every other file under `root` is accounted for in `manifest.attrs["skipped"]`
+    (path -> reason): see `account_for_every_file`. Zero-byte files are listed (with size 0) so that they end
+    up in errors/. Folders in `exclude` (e.g. the run's own output, when it lies inside the input) are skipped.
     """
-    qualified_root = engine_for(spark).qualify(root)
-    local = qualified_root.startswith("file:")
-    with _session_conf(spark, {**LISTING_CONF, **(LOCAL_LISTING_CONF if local else {})}):
-        paths, sizes, mtimes = _list(spark, root)
-    manifest = build_manifest(paths, sizes, mtimes, qualified_root)
-    excluded = tuple(engine_for(spark).qualify(folder) for folder in exclude)
-    return account_for_every_file(manifest, qualified_root, excluded, storage)
+    engine = engine_for(spark)
+    excluded = tuple(engine.qualify(folder) for folder in exclude)
+    return account_for_every_file(engine.qualify(root), excluded, storage)
 
 
-def account_for_every_file(manifest: pd.DataFrame, root: str, exclude: tuple[str, ...] = (),
+def account_for_every_file(root: str, exclude: tuple[str, ...] = (),
                            storage: fs.StorageOptions | None = None) -> pd.DataFrame:
-    """Walk every regular file under `root` and put right what Hadoop's listing hides or gets wrong.
+    """The manifest of the image files under `root` (qualified), from one walk of every file under it.
 
-    - Names starting with '_' (camera files such as _DSC0001.jpg) are hidden by Hadoop: they are added.
+    - Names starting with '_' (camera files such as _DSC0001.jpg), which Hadoop hides, are images.
     - Names starting with '.' (.DS_Store, ._IMG.jpg resource forks, .git/) are skipped as hidden.
-    - Files without an image extension are skipped, naming the extension.
+    - Files without an image extension (any case) are skipped, naming the extension.
     - Everything inside an orchard output folder (the run's own output, or any folder holding `_SUCCESS`
       and `run.json`, `_LATEST` or `_work/config.json`) is skipped, images included.
-    - Local trees: see `reconcile_local` (links, cycles, unreadable files).
+    - Local trees: directory links are followed, except back into a folder on the way (a cycle: its paths
+      are counted in `attrs["cycle_paths"]`); broken links and link loops are `list` errors
+      (`reconcile_local`).
     The skipped files are `attrs["skipped"]`, a dict path -> reason.
     """
-    files = list(_walk(root, storage))
+    files, cycle_paths, link_errors = _walk(root, storage)
     outputs = {folder.rstrip("/") for folder in exclude} | _orchard_outputs(path for path, _, _ in files)
     inside = [folder + "/" for folder in sorted(outputs)]
 
     def in_output(path: str) -> str | None:
         return next((folder[:-1] for folder in inside if path.startswith(folder)), None)
 
-    output_of = manifest["path"].map(in_output)
-    skipped = {path: skip_reason(relative(path, root), folder)
-               for path, folder in zip(manifest["path"][output_of.notna()], output_of.dropna(), strict=True)}
-    manifest = manifest[output_of.isna()]
-    listed = set(manifest["path"])
-    unlisted = []
+    images, skipped = [], {}
     for path, size, modified in files:
-        if path not in listed:
-            reason = skip_reason(relative(path, root), in_output(path))
-            if reason is None:
-                unlisted.append((path, size, modified))
-            else:
-                skipped[path] = reason
-    if root.startswith("file:"):
-        manifest = reconcile_local(manifest, root[len("file:"):], unlisted)
-    elif unlisted:  # on object stores only Hadoop's hidden names go unlisted: those are images to read
-        paths, sizes, mtimes = zip(*unlisted, strict=True)
-        extra = build_manifest(list(paths), list(sizes), list(mtimes), root)
-        manifest = pd.concat([manifest, extra], ignore_index=True).sort_values("path", ignore_index=True)
-    manifest = manifest.reset_index(drop=True)
-    manifest.attrs["cycle_paths"] = int(manifest.attrs.get("cycle_paths", 0))
+        reason = skip_reason(relative(path, root), in_output(path))
+        if reason is None:
+            images.append((path, size, modified))
+        else:
+            skipped[path] = reason
+    paths, sizes, mtimes = (list(column) for column in zip(*images, strict=True)) if images else ([], [], [])
+    manifest = build_manifest(paths, sizes, mtimes, root)
+    if link_errors:
+        manifest = with_link_errors(manifest, link_errors)
+    manifest.attrs["cycle_paths"] = cycle_paths
     manifest.attrs["skipped"] = dict(sorted(skipped.items()))
     return manifest
 
@@ -136,93 +111,55 @@ def _orchard_outputs(paths) -> set[str]:
     return outputs
 
 
-def _walk(root: str, storage: fs.StorageOptions | None):
-    """(path in the listing's form, size, modified_us) of every file under `root`, links included."""
+Walk = tuple[list[tuple[str, int, int | None]], int, dict[str, str]]
+
+
+def _walk(root: str, storage: fs.StorageOptions | None) -> Walk:
+    """(path in Spark's form, size, modified_us to the millisecond) of every file under `root`, links
+    included; how many paths directory cycles would have added; the broken links' reasons (path -> reason).
+    A one-line error if `root` is missing."""
     if root.startswith("file:"):
-        for directory, _, names in os.walk(root[len("file:"):]):
-            for name in names:
-                path = f"{directory}/{name}"
-                try:
-                    status = os.stat(path)  # a link's target
-                except OSError:
-                    try:
-                        status = os.lstat(path)  # a broken link or a loop: reconcile_local names it
-                    except OSError:
-                        continue
-                if stat.S_ISREG(status.st_mode) or stat.S_ISLNK(status.st_mode):
-                    yield f"file:{path}", status.st_size, status.st_mtime_ns // 1000
-        return
+        return _walk_local(root[len("file:"):])
+    if not fs.exists(root, storage):
+        raise OrchardError(f"input {root} does not exist: give an existing folder or URI")
     scheme = root.split("://", 1)[0]
-    for path, size, modified in fs.walk_files(root, storage):
-        yield f"{scheme}://{path}", size, modified
+    return [(f"{scheme}://{path}", size, _to_millisecond(modified))
+            for path, size, modified in fs.walk_files(root, storage)], 0, {}
 
 
-def _list(spark, root: str) -> tuple[list[str], list[int], list]:
-    """Paths, sizes and modification times (microseconds) of the image files under `root`."""
-    from pyspark.errors import AnalysisException
-
-    try:
-        source = (
-            spark.read.format("binaryFile")
-            .option("recursiveFileLookup", "true")
-            .option("pathGlobFilter", extension_glob())
-            .load(root)
-        )
-        if "path" not in source.columns:  # nothing matched (no file with an image extension): no schema
-            return [], [], []
-        # content pruned: not read
-        frame = source.selectExpr("path", "length", "unix_micros(modificationTime) AS modified").toPandas()
-    except AnalysisException as exc:
-        if "PATH_NOT_FOUND" in str(exc) or "does not exist" in str(exc):
-            raise OrchardError(f"input {root} does not exist: give an existing folder or URI") from None
-        raise
-    paths, sizes, mtimes = frame["path"].tolist(), frame["length"].tolist(), frame["modified"].tolist()
-    # Spark's scan drops zero-byte files; the file index still has them, and they must be accounted for.
-    index = source.inputFiles()
-    if len(index) != len(paths):
-        listed = set(paths)
-        empty = sorted({_hadoop_path_string(uri) for uri in index} - listed)
-        paths, sizes = paths + empty, sizes + [0] * len(empty)
-        mtimes = mtimes + [fs.modified_us(path) for path in empty]
-    return paths, sizes, mtimes
+def _walk_local(root: str) -> Walk:
+    if not os.path.isdir(root):
+        raise OrchardError(f"input {root} does not exist: give an existing folder or URI")
+    files, cycle_paths, link_errors, real_root = [], 0, {}, os.path.realpath(root)
+    for directory, folders, names in os.walk(root, followlinks=True):
+        for folder in list(folders):
+            if _through_cycle(f"{directory}/{folder}", root, real_root):
+                folders.remove(folder)  # listed once, through its real path
+                cycle_paths += sum(len(found) for _, _, found in os.walk(f"{directory}/{folder}"))
+        for name in names:
+            path = f"{directory}/{name}"
+            try:
+                status = os.stat(path)  # a link's target
+            except OSError as error:
+                if not os.path.islink(path):
+                    continue  # vanished while walking
+                link_errors[f"file:{path}"] = ("symbolic link loop" if error.errno == errno.ELOOP
+                                               else "broken symbolic link (its target does not exist)")
+                files.append((f"file:{path}", 0, None))
+                continue
+            if stat.S_ISREG(status.st_mode):
+                files.append((f"file:{path}", status.st_size, _to_millisecond(status.st_mtime_ns // 1000)))
+    return files, cycle_paths, link_errors
 
 
-@contextmanager
-def _session_conf(spark, values: dict[str, str]):
-    """Apply SQL settings for the `with` block, except those the session already sets (e.g. by --conf)."""
-    applied = [key for key in values if spark.conf.get(key, None) is None]
-    for key in applied:
-        spark.conf.set(key, values[key])
-    try:
-        yield
-    finally:
-        for key in applied:
-            spark.conf.unset(key)
+def _to_millisecond(modified_us: int | None) -> int | None:
+    """A modification time as Hadoop's listing gives it (milliseconds), in microseconds."""
+    return None if modified_us is None else modified_us // 1000 * 1000
 
 
-def reconcile_local(manifest: pd.DataFrame, root: str, unlisted: list[tuple[str, int, int | None]]) -> pd.DataFrame:
-    """Local trees: what Hadoop's listing gets wrong, put right, given the image files it did not list.
-
-    Hadoop silently drops broken links, links to themselves and names starting with '_', and follows a
-    directory link back to an ancestor until the path is too long, listing the same files again under
-    ever-longer paths. Readable '_' files are added; other unlisted files come back as `list` errors;
-    paths through a directory cycle are removed (their files are listed once through the real path) and
-    counted in `manifest.attrs["cycle_paths"]`.
-    """
-    real_root = os.path.realpath(root)
-    cyclic = {d for d in {p.rsplit("/", 1)[0] for p in manifest["path"]}
-              if _through_cycle(d[len("file:"):], root, real_root)}
-    in_cycle = manifest["path"].map(lambda p: p.rsplit("/", 1)[0] in cyclic).astype(bool)  # bool when empty too
-    kept = manifest[~in_cycle]
-    if unlisted:
-        paths, sizes, mtimes = zip(*unlisted, strict=True)
-        extra = build_manifest(list(paths), list(sizes), list(mtimes), "file:" + root)
-        reasons = extra["path"].map(lambda path: _unlisted_reason(path[len("file:"):]))
-        extra["list_error"] = reasons
-        extra.loc[reasons.notna(), ["size", "modified_us"]] = [0, None]
-        kept = pd.concat([kept, extra], ignore_index=True).sort_values("path", ignore_index=True)
-    kept.attrs["cycle_paths"] = int(in_cycle.sum())
-    return kept
+def with_link_errors(manifest: pd.DataFrame, link_errors: dict[str, str]) -> pd.DataFrame:
+    """Broken links and link loops as `list` errors (`list_error`; size 0, no time): rows of errors/."""
+    return manifest.assign(list_error=manifest["path"].map(link_errors))
 
 
 def _through_cycle(directory: str, root: str, real_root: str) -> bool:
@@ -242,27 +179,6 @@ def _through_cycle(directory: str, root: str, real_root: str) -> bool:
 @lru_cache(maxsize=65536)
 def _realpath(path: str) -> str:
     return os.path.realpath(path)
-
-
-def _unlisted_reason(path: str) -> str | None:
-    if os.path.islink(path):
-        try:
-            os.stat(path)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                return "symbolic link loop"
-            return "broken symbolic link (its target does not exist)"
-    if not os.access(path, os.R_OK):
-        return "permission denied"
-    if any(part.startswith("_") for part in path.split("/")):
-        return None  # hidden from Hadoop by its name, but a readable image: featurised
-    return "not listed by Spark (unreadable or special file)"
-
-
-def _hadoop_path_string(uri: str) -> str:
-    """file:///a%20b -> file:/a b: the form of binaryFile's `path` column (Hadoop Path.toString)."""
-    decoded = unquote(uri)
-    return "file:" + decoded[len("file://"):] if decoded.startswith("file:///") else decoded
 
 
 def build_manifest(paths: list[str], sizes: list[int], mtimes: list, root: str) -> pd.DataFrame:
