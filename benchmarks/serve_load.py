@@ -5,9 +5,11 @@
 
 Measures: cold start of `orchard predict MODEL photo.jpg` (subprocess wall time: interpreter, imports,
 predictor load, one photo), warm per-photo latency of `Predictor.predict` (decode + ONNX Runtime + NumPy)
-after warm-up, the exact NumPy nearest-neighbour search at a larger synthetic size, and the HTTP service
-(a real `orchard serve` on 127.0.0.1): one client in sequence (latency) and a small thread pool (requests/s).
-Writes benchmarks/results/<date>-serve.json and .md.
+after warm-up, the same for a 12 MP phone JPEG (EXIF orientation and GPS), the exact NumPy nearest-neighbour
+search at a larger synthetic size, and the HTTP service (a real `orchard serve` on 127.0.0.1, rate limit
+off): the page, what the page asks for (`POST /predict?similar=6`, then the 6 thumbnails: first on demand,
+then from the service's cache), the 12 MP photo, and `/predict` from one client in sequence (latency) and
+a small thread pool (requests/s). Writes benchmarks/results/<date>-serve.json and .md.
 """
 
 from __future__ import annotations
@@ -75,16 +77,23 @@ def multipart_body(data: bytes, filename: str = "photo.jpg", content_type: str =
     return head + data + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
-def call(url: str, body: bytes | None = None, content_type: str | None = None, timeout: float = 30
-         ) -> tuple[int, dict]:
+def call(url: str, body: bytes | None = None, content_type: str | None = None, timeout: float = 30,
+         headers: dict[str, str] | None = None) -> tuple[int, dict]:
     """One HTTP request; (status, JSON body) for successes and HTTP errors alike."""
-    headers = {"Content-Type": content_type} if content_type else {}
+    status, content, _ = fetch(url, body, content_type, timeout, headers)
+    return status, json.loads(content)
+
+
+def fetch(url: str, body: bytes | None = None, content_type: str | None = None, timeout: float = 30,
+          headers: dict[str, str] | None = None) -> tuple[int, bytes, dict[str, str]]:
+    """One HTTP request; (status, body bytes, lower-cased headers) for successes and HTTP errors alike."""
+    headers = {**({"Content-Type": content_type} if content_type else {}), **(headers or {})}
     request = urllib.request.Request(url, data=body, headers=headers, method="POST" if body is not None else "GET")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read())
+            return response.status, response.read(), {k.lower(): v for k, v in response.headers.items()}
     except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+        return error.code, error.read(), {k.lower(): v for k, v in error.headers.items()}
 
 
 @contextlib.contextmanager
@@ -115,6 +124,26 @@ def served(model: Path | str, port: int, log: Path, *extra: str, startup_timeout
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=15)
+
+
+def phone_photo(width: int = 4000, height: int = 3000, seed: int = 0) -> bytes:
+    """A phone-like JPEG (12 MP by default, ~2.7 MB): smooth colour with sensor noise, EXIF orientation 6
+    (rotated 90 degrees, as a phone held upright writes it) and a GPS position."""
+    import io
+
+    import cv2
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    pixels = cv2.resize((rng.random((30, 40, 3)) * 255).astype(np.uint8), (width, height),
+                        interpolation=cv2.INTER_CUBIC)
+    pixels = np.clip(pixels + rng.normal(0, 6, pixels.shape), 0, 255).astype(np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation
+    exif[0x8825] = {1: "N", 2: (52.0, 22.0, 1.5), 3: "E", 4: (4.0, 53.0, 2.0)}  # GPS: personal data
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=90, exif=exif.tobytes())
+    return buffer.getvalue()
 
 
 def percentiles(seconds: list[float]) -> dict:
@@ -153,8 +182,15 @@ def warm_latency(model: Path, photos: list[bytes], requests: int) -> dict:
         started = time.perf_counter()
         predictor.similar(photos[i % len(photos)], k=5)
         similar.append(time.perf_counter() - started)
+    phone = phone_photo()
+    predictor.predict([phone])
+    big = []
+    for _ in range(min(requests, 30)):
+        started = time.perf_counter()
+        predictor.predict([phone])
+        big.append(time.perf_counter() - started)
     return {"load_s": round(load_s, 3), "predict": percentiles(times), "similar": percentiles(similar),
-            "collection_images": predictor.collection_size}
+            "phone_12mp": {**percentiles(big), "bytes": len(phone)}, "collection_images": predictor.collection_size}
 
 
 def exact_search(images: int, k: int, queries: int = 20) -> dict:
@@ -194,6 +230,33 @@ def http_load(base: str, photos: list[bytes], requests: int, clients: int) -> di
     return {"clients": clients, **percentiles(times), "requests_per_s": round(requests / elapsed, 1)}
 
 
+def page_load(base: str, photos: list[bytes], requests: int) -> dict:
+    """What the page does per photo, from one client: the page itself, `POST /predict?similar=6`, then the
+    thumbnails of the neighbours (first on demand, then cached); and the 12 MP phone JPEG through /predict."""
+    def timed(url: str, body: tuple[bytes, str] | None = None) -> tuple[float, bytes]:
+        started = time.perf_counter()
+        status, content, _ = fetch(url, *(body or (None, None)))
+        if status != 200:
+            raise RuntimeError(f"{url} answered {status}")
+        return time.perf_counter() - started, content
+
+    page = [timed(f"{base}/")[0] for _ in range(20)]
+    predicted, first, cached, seen = [], [], [], set()
+    for i in range(min(requests, 50)):
+        seconds, content = timed(f"{base}/predict?top_k=5&similar=6", multipart_body(photos[i % len(photos)]))
+        predicted.append(seconds)
+        for neighbour in json.loads(content)["similar"]:
+            seconds = timed(f"{base}/thumbnails/{neighbour['id']}")[0]
+            (cached if neighbour["id"] in seen else first).append(seconds)
+            seen.add(neighbour["id"])
+    phone = multipart_body(phone_photo())
+    timed(f"{base}/predict", phone)
+    big = [timed(f"{base}/predict", phone)[0] for _ in range(min(requests, 20))]
+    return {"page": percentiles(page), "predict_similar": percentiles(predicted),
+            "thumbnail_first": percentiles(first or [0.0]), "thumbnail_cached": percentiles(cached or [0.0]),
+            "phone_12mp": percentiles(big)}
+
+
 def render(report: dict) -> str:
     """The markdown summary the README quotes."""
     m, warm, cold = report["machine"], report["predictor"], report["cold_start"]
@@ -207,8 +270,18 @@ def render(report: dict) -> str:
              "| `Predictor.predict`, one photo, warm | {n} | {p50_ms} | {p95_ms} | {max_ms} | load {load} s |".format(
                  **warm["predict"], load=warm["load_s"]),
              "| `Predictor.similar`, k=5, warm | {n} | {p50_ms} | {p95_ms} | {max_ms} | |".format(**warm["similar"]),
+             "| `Predictor.predict`, 12 MP phone JPEG ({mb:.1f} MB, EXIF rotated), warm | {n} | {p50_ms} | {p95_ms} "
+             "| {max_ms} | |".format(**warm["phone_12mp"], mb=warm["phone_12mp"]["bytes"] / 2**20),
              "| exact NumPy search alone, {images} x {k} | {n} | {p50_ms} | {p95_ms} | {max_ms} | |".format(
                  **report["exact_search"])]
+    page = report["page"]
+    for name, key in (("HTTP GET / (the page)", "page"), ("HTTP POST /predict?similar=6 (what the page sends)",
+                                                          "predict_similar"),
+                      ("HTTP GET /thumbnails/{id}, first time (read + decode + resize + encode)", "thumbnail_first"),
+                      ("HTTP GET /thumbnails/{id}, cached", "thumbnail_cached"),
+                      ("HTTP POST /predict, 12 MP phone JPEG", "phone_12mp")):
+        row = page[key]
+        lines.append(f"| {name} | {row['n']} | {row['p50_ms']} | {row['p95_ms']} | {row['max_ms']} | |")
     for run in report["http"]:
         lines.append("| HTTP POST /predict, {clients} client(s) | {n} | {p50_ms} | {p95_ms} | {max_ms} | "
                      "{requests_per_s} requests/s |".format(**run))
@@ -254,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
               "exact_search": exact_search(args.search_size, 100)}
     report["http"] = []
     work.mkdir(parents=True, exist_ok=True)
-    with served(model, free_port(), work / "serve.log") as base:
+    with served(model, free_port(), work / "serve.log", "--rate-limit", "0") as base:
+        report["page"] = page_load(base, photos, args.requests)
         for clients in (1, args.clients):
             report["http"].append(http_load(base, photos, args.requests, clients))
     results = Path(args.results)

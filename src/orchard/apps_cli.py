@@ -11,6 +11,7 @@ import json
 import sys
 
 from orchard.cliargs import add_storage_options, storage_from_args
+from orchard.config import ALGORITHMS, FEATURE_SPACES
 
 MODEL_HELP = ("a run output or versioned store with a trained classifier (or its classifier/ or "
               "classifier/predictor/ folder)")
@@ -18,8 +19,6 @@ MODEL_HELP = ("a run output or versioned store with a trained classifier (or its
 
 def add_app_commands(commands) -> None:
     """Add the train, predict, similar and serve subcommands to `orchard`'s subparsers."""
-    from orchard.predict import ALGORITHMS, FEATURE_SPACES
-
     train = commands.add_parser(
         "train", help="fit and evaluate a classifier on a finished run (Spark MLlib)",
         description="Fit a multinomial logistic regression on the Training split's PCA (or raw) features, "
@@ -63,13 +62,22 @@ def add_app_commands(commands) -> None:
 
     serve = commands.add_parser(
         "serve", help="serve the classifier over HTTP (FastAPI + uvicorn, no Spark)",
-        description="HTTP API: POST /predict (multipart image upload `file`, optional ?top_k=), GET /health, "
-                    "GET /classes, OpenAPI docs at /docs. Bad uploads get 413/415/422 with a JSON message.")
+        description="A web page at / (take or choose a photo; top classes and similar collection images) over "
+                    "the HTTP API: POST /predict (multipart image upload `file`, optional ?top_k=, ?similar=), "
+                    "GET /thumbnails/{id}, GET /health, GET /classes, OpenAPI docs at /docs. Bad uploads get "
+                    "408/413/415/422 with a JSON message, too many 429. Photos are never written to disk.")
     serve.add_argument("model", help=MODEL_HELP)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload (default 10 MB)")
     serve.add_argument("--threads", type=int, help="ONNX Runtime threads (default: CPU count, at most 4)")
+    serve.add_argument("--api-key", help="require this key in the X-API-Key header (default: $ORCHARD_API_KEY); "
+                                         "needed for any --host but loopback, unless --insecure")
+    serve.add_argument("--insecure", action="store_true", help="serve beyond loopback without an API key (warns)")
+    serve.add_argument("--rate-limit", type=int, default=120, metavar="PER_MINUTE",
+                       help="uploads per minute per client address, then 429 (default 120; 0: no limit)")
+    serve.add_argument("--body-timeout", type=float, default=30.0, metavar="SECONDS",
+                       help="longest an upload may take to arrive, then 408 (default 30)")
     add_storage_options(serve)
 
 
@@ -139,12 +147,22 @@ def _similar(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from orchard.serve import serve
+    import os
 
+    from orchard.errors import ConfigError
+    from orchard.serve import API_KEY_ENV, Settings, check_exposure, serve
+
+    if args.rate_limit < 0 or args.body_timeout <= 0:
+        raise ConfigError("--rate-limit must be 0 or more and --body-timeout above 0")
+    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    check_exposure(args.host, api_key, args.insecure)
     predictor = _load(args, args.threads)
     print(f"orchard: serving {len(predictor.classes)} classes from {predictor.folder} on "
-          f"http://{args.host}:{args.port} (docs at /docs)", file=sys.stderr, flush=True)
-    serve(predictor, args.host, args.port, int(args.max_upload_mb * 2**20))
+          f"http://{args.host}:{args.port} (page at /, docs at /docs"
+          f"{', API key required' if api_key else ''})", file=sys.stderr, flush=True)
+    serve(predictor, args.host, args.port, settings=Settings(
+        max_upload_bytes=int(args.max_upload_mb * 2**20), api_key=api_key, rate_per_minute=args.rate_limit,
+        body_timeout_s=args.body_timeout))
     return 0
 
 

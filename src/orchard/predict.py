@@ -29,8 +29,6 @@ from orchard.io import fs
 from orchard.output import resolve
 from orchard.preprocess import ImageError, Limits, prepare
 
-ALGORITHMS = ("logistic",)  # what the predictor can replay with NumPy, so what `orchard train` offers
-FEATURE_SPACES = ("pca", "raw")  # the classifier's input: the run's PCA vectors or the 1280-D features
 PREDICTOR_FORMAT = 1  # bump when predictor.npz/predictor.json change meaning
 PREDICTOR_FILES = ("model.onnx", "predictor.npz")
 ImageInput = bytes | str | os.PathLike
@@ -114,18 +112,33 @@ class Predictor:
 
     def predict(self, images: Sequence[ImageInput], top_k: int = 5) -> list[list[tuple[str, float]]]:
         """For each image, the `top_k` (class, probability) pairs, most likely first."""
-        results = []
-        for row in self.probabilities(images):
-            best = np.argsort(-row, kind="stable")[:top_k]
-            results.append([(self.classes[i], float(row[i])) for i in best])
-        return results
+        return [self._top(row, top_k) for row in self.probabilities(images)]
+
+    def _top(self, row: np.ndarray, top_k: int) -> list[tuple[str, float]]:
+        best = np.argsort(-row, kind="stable")[:top_k]
+        return [(self.classes[i], float(row[i])) for i in best]
 
     def similar(self, image: ImageInput, k: int = 5) -> list[Neighbour]:
         """The `k` collection images nearest to `image` in PCA space (exact search), nearest first."""
-        query = self.project(self.features([image]))[0]
-        found, distances = nearest(self._collection, self._collection_norms, query, k)
-        return [Neighbour(str(self._paths[i]), str(self._labels[i]), float(d)) for i, d in zip(found, distances,
-                                                                                              strict=True)]
+        return [Neighbour(str(self._paths[i]), label, distance)
+                for i, label, distance in self.similar_ids(self.features([image]), k)]
+
+    def similar_ids(self, features: np.ndarray, k: int) -> list[tuple[int, str, float]]:
+        """(collection id, label, distance) of the `k` images nearest to one photo's 1280-D `features`."""
+        if k < 1:
+            return []
+        found, distances = nearest(self._collection, self._collection_norms, self.project(features)[0], k)
+        return [(int(i), str(self._labels[i]), float(d)) for i, d in zip(found, distances, strict=True)]
+
+    def predict_and_similar(self, image: ImageInput, top_k: int = 5, k: int = 5
+                            ) -> tuple[list[tuple[str, float]], list[tuple[int, str, float]]]:
+        """One photo's `top_k` classes and its `k` nearest collection images (by id), from one decode."""
+        features = self.features([image])
+        return self._top(self.probabilities_from_features(features)[0], top_k), self.similar_ids(features, k)
+
+    def collection_bytes(self, index: int) -> bytes:
+        """The file content of collection image `index` (0 .. collection_size - 1), local or on S3."""
+        return _image_bytes(str(self._paths[index]))
 
 
 def nearest(collection: np.ndarray, squared_norms: np.ndarray, query: np.ndarray, k: int

@@ -1,0 +1,1 @@
+"""The fruit-recognition page that `orchard serve` serves at `/`: plain HTML, CSS and JavaScript files."""
