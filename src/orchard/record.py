@@ -16,6 +16,7 @@ from orchard.config import AWS_ACCESS_KEY_ID, REDACTED, REDACTION
 from orchard.io import fs
 
 FORMAT_VERSION = 2  # 1: the same content, before run.json carried its format
+OPTIONAL = {"omit_when_none": True}  # a field written only when set (older records do not have it)
 
 
 @dataclass
@@ -49,6 +50,8 @@ class ModelRecord:
     architecture: str = "MobileNetV2 1.0/224, top removed, global average pooling"
     feature_dim: int = 1280
     runtime: str = "onnxruntime"
+    engine: str | None = field(default=None, metadata=OPTIONAL)  # "<engine> <version>" (format 1: absent)
+    cpu: dict[str, bool] | None = field(default=None, metadata=OPTIONAL)  # the driver's CPU features
     weights_path: str | None = None
     weights_sha256: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -75,13 +78,13 @@ class RunRecord:
     outputs: dict[str, str] = field(default_factory=dict)
     parts: dict[str, dict[str, str]] = field(default_factory=dict)
     resume: dict[str, Any] = field(default_factory=dict)
-    incremental: dict[str, Any] | None = None
-    classifier: dict[str, Any] | None = None
+    incremental: dict[str, Any] | None = field(default=None, metadata=OPTIONAL)  # only --incremental runs
+    classifier: dict[str, Any] | None = field(default=None, metadata=OPTIONAL)  # once `orchard train` ran
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """run.json's JSON object: known fields, then the kept unknown ones; no None-valued optional entries."""
+        """run.json's JSON object: known fields, then the kept unknown ones; OPTIONAL fields only when set."""
         return _flatten(self)
 
     @classmethod
@@ -132,7 +135,7 @@ def _flatten(record) -> dict[str, Any]:
             continue
         if dataclasses.is_dataclass(value):
             value = _flatten(value)
-        if value is None and f.name in ("incremental", "classifier"):
+        if value is None and f.metadata.get("omit_when_none"):
             continue
         out[f.name] = value
     return {**out, **record.extra}
