@@ -108,11 +108,11 @@ def run(kind: str, data: str, output: str) -> dict:
 def daft_model(data: str, output: str, precision: str) -> bytes:
     """The ONNX graph `orchard run DATA --weights random --precision P` featurises with."""
     from orchard.config import RunConfig
-    from orchard.featurize.weights import resolve
+    from orchard.featurize.weights import model_source
     from orchard.io import listing
     from orchard.pipeline import reduced_precision
 
-    source = resolve("random")
+    source = model_source("random")
     if precision == "fp32":
         return source.onnx_bytes
     if precision != "int8":

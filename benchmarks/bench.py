@@ -165,9 +165,9 @@ def measure_ceiling(weights: str, seconds: float) -> dict:
     import numpy as np
 
     from orchard.featurize import runtime
-    from orchard.featurize.weights import resolve
+    from orchard.featurize.weights import model_source
 
-    session = runtime.make_session(resolve(weights).onnx_bytes, 2)
+    session = runtime.make_session(model_source(weights).onnx_bytes, 2)
     images = np.random.default_rng(0).integers(0, 256, (64, 224, 224, 3), dtype=np.uint8)
     runtime.embed(session, images, 8)
     started, done = time.perf_counter(), 0

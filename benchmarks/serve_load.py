@@ -314,11 +314,11 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work)
     model = Path(args.model) if args.model else build_model(work, args.classes, args.per_class)
     from orchard.io import fs
-    from orchard.output import Layout, resolve
+    from orchard.output import Layout, finished_run
     from orchard.predict import find_predictor
 
     info = fs.read_json(fs.join(find_predictor(str(model)), "predictor.json"))
-    collection = fs.read_columns(Layout(resolve(str(model))).pca, ["path"])["path"].to_pylist()
+    collection = fs.read_columns(Layout(finished_run(str(model))).pca, ["path"])["path"].to_pylist()
     test_photos = sorted(Path(p.removeprefix("file:")) for p in collection if "/Test/" in p)
     photos = [path.read_bytes() for path in test_photos[:50]]
     report = {"date": datetime.date.today().isoformat(), "machine": machine(), "classes": len(info["classes"]),

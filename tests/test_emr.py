@@ -756,7 +756,7 @@ def test_driver_runs_orchard_and_download_verifies_the_results(aws, tmp_path, sp
                             "--no-progress"], main)
     assert code == 0 and (out / "_SUCCESS").is_file()
     output = f"s3://{BUCKET}/out/fruits"
-    target_fs, target_path = fs.resolve(output, aws.storage)
+    target_fs, target_path = fs.filesystem_and_path(output, aws.storage)
     pafs.copy_files(str(out), target_path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=target_fs)
     emr.RunState(run_id=RUN_ID, region=REGION, bucket=BUCKET, prefix="orchard", output=output,
                  created="2026-11-22T10:00:00+00:00", cluster_id="j-DONE").save()

@@ -14,7 +14,7 @@ import pytest
 from orchard.cli import main
 from orchard.config import RunConfig
 from orchard.errors import ConfigError
-from orchard.output import read_info, resolve
+from orchard.output import finished_run, read_info
 from orchard.pipeline import run
 from orchard.sample import SampleSpec, make_sample
 from orchard.verify import verify
@@ -62,7 +62,7 @@ def test_versions_are_kept_and_latest_points_to_the_newest(store):
     root = store["store"]
     assert sorted(p.name for p in root.iterdir()) == ["_LATEST", "v=0001", "v=0002"]
     assert json.loads((root / "_LATEST").read_text())["version"] == 2
-    assert resolve(str(root)) == str(root / "v=0002")
+    assert finished_run(str(root)) == str(root / "v=0002")
     assert read_info(str(root))["incremental"]["version"] == 2
     for version in ("v=0001", "v=0002"):
         assert all(finding.ok for finding in verify(str(root / version))), version
@@ -125,7 +125,7 @@ def test_refit_pca_writes_a_version_with_a_new_fit(spark, store, tmp_path):
     assert refit.info["incremental"]["pca"] == "fitted on this version"
     assert refit.info["incremental"]["featurized"] == 0
     assert refit.info["pca"]["rule"] == "variance" and refit.info["pca"]["target"] == 0.9
-    assert resolve(str(copy)) == str(copy / "v=0003")
+    assert finished_run(str(copy)) == str(copy / "v=0003")
 
 
 def test_a_commit_without_pointer_update_is_healed(spark, store, tmp_path):
@@ -167,7 +167,7 @@ def test_carried_and_featurised_shard_rows_have_one_schema(spark, store, tmp_pat
     manifest = listing.list_images(spark, str(store["data"])).head(4)
     incremental.carry_rows(spark, Layout(str(store["store"] / "v=0001")), manifest["path"].tolist(),
                            str(tmp_path / "carried"))
-    source = weights.resolve("random", 0)
+    source = weights.model_source("random", 0)
     model = engine_for(spark).ship_model(source.onnx_bytes, source.onnx_sha256[:16])
     udf = sparkglue.featurize_udf(model, source.onnx_sha256[:16], worker_settings(config(store["data"], tmp_path), 1))
     _run_shard(spark, udf, manifest, str(tmp_path / "featurised"), slots=1, images_per_task=8)

@@ -32,7 +32,7 @@ def test_features_match_keras_reference(tmp_path, monkeypatch):
     with h5py.File(path, "w") as handle:
         legacy_h5_format.save_weights_to_hdf5_group(handle, model)
 
-    source = weights.resolve(str(path))
+    source = weights.model_source(str(path))
     session = runtime.make_session(source.onnx_bytes, 2)
     images = weights.calibration_images(seed=99, count=8)
     ours = runtime.embed(session, images)

@@ -30,7 +30,7 @@ def write_keras_h5(layer_weights: mobilenet.Weights, path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def random_source():
-    return weights.resolve("random", seed=0)
+    return weights.model_source("random", seed=0)
 
 
 def spread(features: np.ndarray) -> float:
@@ -73,16 +73,16 @@ def test_weights_file_roundtrip_and_onnx_cache(tmp_path):
     loaded = weights.load_keras_h5(path)
     assert np.array_equal(loaded["block_3_depthwise"]["depthwise_kernel"],
                           layer_weights["block_3_depthwise"]["depthwise_kernel"])
-    source = weights.resolve(str(path))
+    source = weights.model_source(str(path))
     assert source.kind == "file" and source.weights_sha256 == weights.sha256_file(path)
-    assert weights.resolve(str(path)).onnx_bytes == source.onnx_bytes
+    assert weights.model_source(str(path)).onnx_bytes == source.onnx_bytes
     cached = list((weights.orchard_cache_dir() / "models").glob(f"*{source.weights_sha256[:16]}*.onnx"))
     assert len(cached) == 1
 
 
 def test_missing_imagenet_file_names_file_cache_and_flag():
     with pytest.raises(WeightsError) as caught:
-        weights.resolve("imagenet")
+        weights.model_source("imagenet")
     message = str(caught.value)
     assert weights.KERAS_FILE in message
     assert str(weights.keras_cache_dir()) in message
@@ -92,15 +92,15 @@ def test_missing_imagenet_file_names_file_cache_and_flag():
 
 def test_missing_or_wrong_user_file(tmp_path):
     with pytest.raises(WeightsError, match="no such file"):
-        weights.resolve(str(tmp_path / "absent.h5"))
+        weights.model_source(str(tmp_path / "absent.h5"))
     (tmp_path / "garbage.h5").write_bytes(b"not hdf5")
     with pytest.raises(WeightsError, match="cannot read"):
-        weights.resolve(str(tmp_path / "garbage.h5"))
+        weights.model_source(str(tmp_path / "garbage.h5"))
     incomplete = weights.random_weights(0)
     del incomplete["Conv_1"]
     write_keras_h5(incomplete, tmp_path / "partial.h5")
     with pytest.raises(WeightsError, match="Conv_1"):
-        weights.resolve(str(tmp_path / "partial.h5"))
+        weights.model_source(str(tmp_path / "partial.h5"))
 
 
 def test_imagenet_file_is_downloaded_into_the_keras_cache(tmp_path, monkeypatch):
@@ -116,7 +116,7 @@ def test_imagenet_file_is_downloaded_into_the_keras_cache(tmp_path, monkeypatch)
         monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
         monkeypatch.setenv("ORCHARD_WEIGHTS_URL",
                            f"http://127.0.0.1:{server.server_address[1]}/{weights.KERAS_FILE}")
-        source = weights.resolve("imagenet")
+        source = weights.model_source("imagenet")
     finally:
         server.shutdown()
         thread.join(timeout=10)

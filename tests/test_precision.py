@@ -34,7 +34,7 @@ def cpuinfo(tmp_path: Path, flags: str, name: str = "Test CPU") -> Path:
 @pytest.fixture(scope="module")
 def model() -> bytes:
     """fp32 ONNX bytes of seeded random (BatchNorm-calibrated) weights."""
-    return weights.resolve("random", 1604).onnx_bytes
+    return weights.model_source("random", 1604).onnx_bytes
 
 
 @pytest.fixture(scope="module")

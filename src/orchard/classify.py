@@ -37,7 +37,7 @@ from orchard.errors import ConfigError
 from orchard.featurize import weights
 from orchard.io import fs
 from orchard.io.fs import StorageOptions
-from orchard.output import Layout, resolve
+from orchard.output import Layout, finished_run
 from orchard.predict import PREDICTOR_FILES, PREDICTOR_FORMAT
 from orchard.record import RunRecord
 
@@ -106,7 +106,7 @@ def train(output: str, *, spark=None, features: str = "pca", algorithm: str = "l
         raise ConfigError("--reg-param must be >= 0 and --max-iter >= 1")
     storage = storage or StorageOptions.from_env()
     fs.set_default_storage(storage)
-    layout = Layout(resolve(output))
+    layout = Layout(finished_run(output))
     info = record.read(layout.run_json)
     onnx_bytes = run_onnx_bytes(info)  # before Spark starts: a changed weights file fails in a second
     if spark is None:
@@ -171,7 +171,7 @@ def run_onnx_bytes(info: RunRecord) -> bytes:
     if recorded.precision != "fp32":
         raise ConfigError(f"the run used --precision {recorded.precision}, whose calibrated model is not kept "
                           "in the output: rerun `orchard run` with --precision fp32 to train a classifier")
-    source = weights.resolve(config["weights"], config["seed"], download=False)
+    source = weights.model_source(config["weights"], config["seed"], download=False)
     if source.onnx_sha256 != recorded.onnx_sha256:
         raise ConfigError(f"--weights {config['weights']} now gives a different model (onnx sha256 "
                           f"{source.onnx_sha256[:12]}, the run used {recorded.onnx_sha256[:12]}): the weights "
@@ -265,8 +265,8 @@ def swap_in(staging: str, final: str) -> None:
     Locally two renames (a reader sees the old classifier, none, or the new one, never a mix). Object stores
     have no folder rename: the files are copied and predictor.json's checksums catch a half-copied bundle.
     """
-    filesystem, staging_path = fs.resolve(staging)
-    final_path = fs.resolve(final)[1]
+    filesystem, staging_path = fs.filesystem_and_path(staging)
+    final_path = fs.filesystem_and_path(final)[1]
     retired = final + ".old"
     if isinstance(filesystem, pafs.LocalFileSystem):
         fs.remove_tree(retired)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -64,9 +65,10 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                        help="extra Spark configuration, repeatable (e.g. --conf spark.executor.memory=4g)")
     add_storage_options(parser)
     spark.add_argument("--batch-size", type=int, default=8,
-                       help="images per ONNX Runtime call (default 8: faster than 32 on 2-core machines)")
+                       help="images per inference call, ONNX Runtime or OpenVINO (default 8: faster than 32 on "
+                            "2-core machines)")
     spark.add_argument("--threads", type=int,
-                       help="ONNX Runtime threads per Python worker (default: spark.task.cpus)")
+                       help="inference threads per Python worker (default: spark.task.cpus)")
     spark.add_argument("--shard-size", type=int, default=4096,
                        help="images per shard; a shard is the unit of resume and progress (default 4096)")
     spark.add_argument("--images-per-task", type=int, default=1024,
@@ -144,20 +146,12 @@ def _add_sample_options(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace, input_uri: str, **overrides) -> RunConfig:
-    """The validated RunConfig for `run`/`demo` arguments (`overrides` replace single fields)."""
+    """The validated RunConfig for `run`/`demo` arguments: every field from the option of the same name (a new
+    option is a RunConfig field plus its add_argument), then `overrides`."""
+    named = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig) if hasattr(args, f.name)}
     spark = SparkOptions(master=args.master, conf=parse_conf_pairs(args.conf), remote=args.remote)
-    storage = storage_from_args(args)
-    values = dict(
-        input=input_uri, output=args.output, weights=args.weights, seed=args.seed, precision=args.precision,
-        k=args.k,
-        variance=args.variance, standardize=args.standardize, csv=args.csv, overwrite=args.overwrite,
-        incremental=args.incremental, refit_pca=args.refit_pca,
-        max_pixels=args.max_pixels, max_bytes=args.max_bytes, batch_size=args.batch_size, threads=args.threads,
-        shard_size=args.shard_size, images_per_task=args.images_per_task, io_threads=args.io_threads,
-        progress=not args.no_progress, spark=spark, storage=storage,
-    )
-    values.update(overrides)
-    return RunConfig(**values)
+    return RunConfig(**{**named, "input": input_uri, "progress": not args.no_progress, "spark": spark,
+                        "storage": storage_from_args(args), **overrides})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,7 +180,7 @@ def _broken_gateway_calls(record: logging.LogRecord) -> bool:
 def _run(args: argparse.Namespace) -> int:
     from orchard.pipeline import run
 
-    config = config_from_args(args, args.input, classes=args.classes, splits=args.splits, limit=args.limit)
+    config = config_from_args(args, args.input)
     result = run(config)
     print(result.summary())
     return 0

@@ -51,23 +51,30 @@ def _storage_from_env() -> StorageOptions:
     return StorageOptions.from_env()
 
 
+# Which fingerprint a RunConfig field is part of (its `metadata`): a resumed run must match both, and versions
+# of a store may share rows only when the features one matches.
+RUN = {"fingerprint": "run"}  # changes which images the run covers
+FEATURES = {"fingerprint": "features"}  # changes one image's features
+
+
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything that defines a run. Fields that change results are part of the fingerprint."""
+    """Everything that defines a run. Fields that change results are part of the fingerprint (their metadata)."""
 
-    input: str
+    input: str = field(metadata=RUN)
     output: str
     # selection
-    classes: tuple[str, ...] = ()
-    splits: tuple[str, ...] = ()
-    limit: int | None = None
+    classes: tuple[str, ...] = field(default=(), metadata=RUN)
+    splits: tuple[str, ...] = field(default=(), metadata=RUN)
+    limit: int | None = field(default=None, metadata=RUN)
     # model
-    weights: str = "imagenet"  # "imagenet", "random" or a path to a Keras .h5 weights file
-    seed: int = 0
-    precision: str = "fp32"  # "int8": static QDQ calibrated on the input; "bf16": AMX / AVX512-BF16 CPUs
+    weights: str = field(default="imagenet", metadata=FEATURES)  # "imagenet", "random" or a Keras .h5 file
+    seed: int = field(default=0, metadata=FEATURES)
+    # "int8": static QDQ calibrated on the input; "bf16": AMX / AVX512-BF16 CPUs
+    precision: str = field(default="fp32", metadata=FEATURES)
     # preprocessing guards
-    max_pixels: int = 64_000_000
-    max_bytes: int = 50_000_000
+    max_pixels: int = field(default=64_000_000, metadata=FEATURES)
+    max_bytes: int = field(default=50_000_000, metadata=FEATURES)
     # reduction
     k: int | None = None
     variance: float | None = None
@@ -75,8 +82,10 @@ class RunConfig:
     # outputs
     csv: bool = False
     overwrite: bool = False
-    incremental: bool = False  # write a new version of a store, featurising only new/changed images
-    refit_pca: bool = False  # incremental: fit PCA again instead of reusing the previous version's model
+    # write a new version of a store, featurising only new/changed images
+    incremental: bool = field(default=False, metadata=RUN)
+    # incremental: fit PCA again instead of reusing the previous version's model
+    refit_pca: bool = field(default=False, metadata=RUN)
     # execution (does not change results)
     batch_size: int = 8
     threads: int | None = None  # ONNX Runtime intra-op threads per Python worker; None: spark.task.cpus
@@ -97,13 +106,14 @@ class RunConfig:
 
     def fingerprint(self) -> str:
         """A hash of the fields that change results; a resumed run must have the same one."""
-        keys = ("input", "classes", "splits", "limit", "incremental", "refit_pca")
-        return _digest({key: getattr(self, key) for key in keys}, self.feature_fingerprint())
+        return _digest(self._fields_of(RUN), self.feature_fingerprint())
 
     def feature_fingerprint(self) -> str:
         """A hash of the fields that change one image's features; versions can share rows only if equal."""
-        keys = ("weights", "seed", "precision", "max_pixels", "max_bytes")
-        return _digest({key: getattr(self, key) for key in keys})
+        return _digest(self._fields_of(FEATURES))
+
+    def _fields_of(self, fingerprint: dict) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata == fingerprint}
 
     def to_dict(self) -> dict:
         """Every field as plain JSON-friendly values (run.json's `config`), credentials redacted: Spark settings

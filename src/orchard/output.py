@@ -3,7 +3,7 @@
 An output is either a single run (`OUT/features/ ... OUT/run.json OUT/_SUCCESS`) or a versioned store made
 by `--incremental` runs: `OUT/v=0001/`, `OUT/v=0002/`, ... each a complete single-run output, plus
 `OUT/_LATEST` (JSON, written after the version's `_SUCCESS`) naming the newest committed version.
-`resolve()` turns either form into the folder of one finished run; everything that reads outputs
+`finished_run()` turns either form into the folder of one finished run; everything that reads outputs
 (verify, report, train, predict, notebooks) goes through it.
 """
 
@@ -173,7 +173,7 @@ def latest_uri(store: str) -> str:
 
 def versions(store: str) -> list[int]:
     """Version numbers present under a versioned store (committed or not), ascending."""
-    filesystem, path = fs.resolve(store)
+    filesystem, path = fs.filesystem_and_path(store)
     if filesystem.get_file_info(path).type != pafs.FileType.Directory:
         return []
     infos = filesystem.get_file_info(pafs.FileSelector(path, recursive=False))
@@ -188,7 +188,7 @@ def latest_version(store: str) -> int | None:
     return int(fs.read_json(latest_uri(store))["version"])
 
 
-def resolve(output: str) -> str:
+def finished_run(output: str) -> str:
     """The folder of the finished run that `output` names (itself, or a store's latest version)."""
     if fs.exists(Layout(output).success):
         return output
@@ -205,9 +205,9 @@ def resolve(output: str) -> str:
 
 def read_info(output: str) -> dict:
     """run.json of the finished run `output` names, as plain JSON (for notebooks); ConfigError when there is none."""
-    return json.loads(fs.read_bytes(Layout(resolve(output)).run_json))
+    return json.loads(fs.read_bytes(Layout(finished_run(output)).run_json))
 
 
 def read_record(output: str) -> RunRecord:
     """The typed run.json of the finished run `output` names; raises ConfigError when there is none."""
-    return record.read(Layout(resolve(output)).run_json)
+    return record.read(Layout(finished_run(output)).run_json)

@@ -125,7 +125,7 @@ def run(config: RunConfig, spark=None) -> RunResult:
     spark = spark or sparkglue.get_session(config.spark, s3.spark_conf(config.storage, config.input, config.output))
 
     with timings.stage("model"):
-        source = weights.resolve(config.weights, config.seed)
+        source = weights.model_source(config.weights, config.seed)
     base_info = check_base(config, target, source)
     with timings.stage("listing"):
         manifest, found = _load_or_list(spark, config, layout, target.state)

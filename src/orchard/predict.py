@@ -26,7 +26,7 @@ from orchard.errors import ConfigError
 from orchard.featurize import runtime
 from orchard.featurize.contract import FEATURE_DIM
 from orchard.io import fs
-from orchard.output import resolve
+from orchard.output import finished_run
 from orchard.preprocess import ImageError, Limits, prepare
 
 PREDICTOR_FORMAT = 1  # bump when predictor.npz/predictor.json change meaning
@@ -160,7 +160,7 @@ def find_predictor(location: str) -> str:
     for candidate in (location, fs.join(location, "predictor")):
         if fs.exists(fs.join(candidate, "predictor.json")):
             return candidate
-    folder = fs.join(resolve(location), "classifier", "predictor")
+    folder = fs.join(finished_run(location), "classifier", "predictor")
     if not fs.exists(fs.join(folder, "predictor.json")):
         raise ConfigError(f"no classifier in {location}: run `orchard train {location}` first")
     return folder

@@ -24,7 +24,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from orchard.io import fs
-from orchard.output import Layout, read_record, resolve
+from orchard.output import Layout, finished_run, read_record
 from orchard.record import RunRecord
 
 MAX_SCATTER_POINTS = 5000
@@ -64,7 +64,7 @@ def write_report(output: str, destination: str | None = None) -> str:
     `destination` is the HTML file to write (when it ends in .html/.htm) or a folder that receives
     index.html; by default `<run folder>/report/index.html`. Figures go to `figures/` next to the page.
     """
-    folder = resolve(output)
+    folder = finished_run(output)
     page = html_destination(folder, destination)
     info = read_record(folder)
     sections = build_sections(folder, info)

@@ -14,7 +14,7 @@ from orchard import record
 from orchard.errors import ConfigError
 from orchard.featurize.contract import FEATURE_DIM
 from orchard.io import fs
-from orchard.output import DATASETS, Layout, resolve, versions
+from orchard.output import DATASETS, Layout, finished_run, versions
 
 MARKERS = ("_SUCCESS", "run.json", "_work", "_LATEST", *DATASETS, "model")  # what any orchard output has
 
@@ -59,7 +59,7 @@ def verify(location: str) -> list[Finding]:
         raise ConfigError(f"{location} is not an orchard output (no run.json, no features/): point verify at the "
                           "folder given to --output")
     try:
-        output = resolve(location)
+        output = finished_run(location)
     except ConfigError as error:
         return [Finding("complete", False, str(error))]
     layout = Layout(output)

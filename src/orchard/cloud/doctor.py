@@ -23,7 +23,7 @@ PUBLIC_ACCESS_FLAGS = ("BlockPublicAcls", "IgnorePublicAcls", "BlockPublicPolicy
 
 
 @dataclass(frozen=True)
-class Finding:
+class CheckResult:
     """One check's result: level ok, warn or fail, what was found, and the fix when it is not ok."""
 
     check: str
@@ -41,7 +41,7 @@ class Finding:
 
 
 def doctor(aws: Aws, config: EmrConfig, *, allow_non_eu: bool = False, max_age_hours: float = 2.0,
-           now: datetime | None = None) -> list[Finding]:
+           now: datetime | None = None) -> list[CheckResult]:
     """Every check, in order; stops after the credentials check when there are no usable credentials."""
     credentials = check_credentials(aws)
     if not credentials.ok:
@@ -54,24 +54,24 @@ def doctor(aws: Aws, config: EmrConfig, *, allow_non_eu: bool = False, max_age_h
     return findings
 
 
-def check_credentials(aws: Aws) -> Finding:
+def check_credentials(aws: Aws) -> CheckResult:
     """Whose credentials the AWS chain finds (account and ARN are printed; keys never are)."""
     try:
         identity = aws.client("sts").get_caller_identity()
     except NoCredentialsError:
-        return Finding("credentials", "fail", "no AWS credentials found; configure a profile (`aws configure "
+        return CheckResult("credentials", "fail", "no AWS credentials found; configure a profile (`aws configure "
                                               "--profile NAME`, then AWS_PROFILE=NAME): orchard takes no keys")
     except ClientError as error:
-        return Finding("credentials", "fail", f"STS rejected the credentials ({_code(error)}); renew them")
-    return Finding("credentials", "ok", f"account {identity['Account']} as {identity['Arn']}")
+        return CheckResult("credentials", "fail", f"STS rejected the credentials ({_code(error)}); renew them")
+    return CheckResult("credentials", "ok", f"account {identity['Account']} as {identity['Arn']}")
 
 
-def _region(region: str, allow_non_eu: bool) -> Finding:
+def _region(region: str, allow_non_eu: bool) -> CheckResult:
     try:
         check_region(region, allow_non_eu)
     except ConfigError as error:
-        return Finding("region", "fail", str(error))
-    return Finding("region", "ok" if region.startswith("eu-") else "warn", region)
+        return CheckResult("region", "fail", str(error))
+    return CheckResult("region", "ok" if region.startswith("eu-") else "warn", region)
 
 
 def bucket_region(s3: Any, bucket: str) -> str:
@@ -80,20 +80,20 @@ def bucket_region(s3: Any, bucket: str) -> str:
     return {None: "us-east-1", "": "us-east-1", "EU": "eu-west-1"}.get(location, location)
 
 
-def check_bucket(aws: Aws, bucket: str, region: str) -> list[Finding]:
+def check_bucket(aws: Aws, bucket: str, region: str) -> list[CheckResult]:
     """Bucket exists, is in the cluster's region, blocks public access, encrypts by default."""
     s3 = aws.client("s3")
     try:
         s3.head_bucket(Bucket=bucket)
     except ClientError as error:
         if _code(error) in ("404", "NoSuchBucket"):
-            return [Finding("bucket", "fail", f"s3://{bucket} does not exist; create it with "
+            return [CheckResult("bucket", "fail", f"s3://{bucket} does not exist; create it with "
                                               f"`orchard emr bucket {bucket} --region {region}`")]
-        return [Finding("bucket", "fail", f"s3://{bucket} is not accessible ({_code(error)}); it may belong to "
+        return [CheckResult("bucket", "fail", f"s3://{bucket} is not accessible ({_code(error)}); it may belong to "
                                           "another account, or your policy lacks s3:ListBucket")]
-    findings = [Finding("bucket", "ok", f"s3://{bucket} exists")]
+    findings = [CheckResult("bucket", "ok", f"s3://{bucket} exists")]
     where = bucket_region(s3, bucket)
-    findings.append(Finding("bucket region", "ok", where) if where == region else Finding(
+    findings.append(CheckResult("bucket region", "ok", where) if where == region else CheckResult(
         "bucket region", "fail", f"s3://{bucket} is in {where}, the cluster in {region}: use a bucket in {region} "
                                  "(cross-region reads are slower, cost transfer fees and move the data)"))
     try:
@@ -103,8 +103,8 @@ def check_bucket(aws: Aws, bucket: str, region: str) -> list[Finding]:
         if _code(error) != "NoSuchPublicAccessBlockConfiguration":
             raise
         off = list(PUBLIC_ACCESS_FLAGS)
-    findings.append(Finding("public access", "ok", "Block Public Access on (all four settings)") if not off else
-                    Finding("public access", "fail", f"Block Public Access off: {', '.join(off)}; turn it on with "
+    findings.append(CheckResult("public access", "ok", "Block Public Access on (all four settings)") if not off else
+                    CheckResult("public access", "fail", f"Block Public Access off: {', '.join(off)}; turn it on with "
                                                      f"`orchard emr bucket {bucket} --region {where}`"))
     try:
         rules = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"]
@@ -114,27 +114,27 @@ def check_bucket(aws: Aws, bucket: str, region: str) -> list[Finding]:
             raise
         algorithms = []
     good = [algorithm for algorithm in algorithms if algorithm in ENCRYPTION]
-    findings.append(Finding("encryption", "ok", f"default encryption {good[0]}") if good else
-                    Finding("encryption", "fail", "no default encryption (SSE-S3 or KMS); turn it on with "
+    findings.append(CheckResult("encryption", "ok", f"default encryption {good[0]}") if good else
+                    CheckResult("encryption", "fail", "no default encryption (SSE-S3 or KMS); turn it on with "
                                                   f"`orchard emr bucket {bucket} --region {where}`"))
     return findings
 
 
-def check_input(aws: Aws, input_uri: str) -> Finding:
+def check_input(aws: Aws, input_uri: str) -> CheckResult:
     """The input prefix holds at least one object."""
     bucket, key = split_s3(input_uri)
     prefix = key.rstrip("/") + "/" if key else ""
     try:
         listed = aws.client("s3").list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
     except ClientError as error:
-        return Finding("input", "fail", f"cannot list {input_uri} ({_code(error)})")
+        return CheckResult("input", "fail", f"cannot list {input_uri} ({_code(error)})")
     if listed.get("KeyCount", 0):
-        return Finding("input", "ok", f"{input_uri} is not empty")
-    return Finding("input", "fail", f"nothing under {input_uri}; upload the images first, e.g. `aws s3 sync "
+        return CheckResult("input", "ok", f"{input_uri} is not empty")
+    return CheckResult("input", "fail", f"nothing under {input_uri}; upload the images first, e.g. `aws s3 sync "
                                     f"fruits-360/Training {input_uri}`")
 
 
-def check_roles(aws: Aws, config: EmrConfig) -> list[Finding]:
+def check_roles(aws: Aws, config: EmrConfig) -> list[CheckResult]:
     """The EMR service role, the EC2 instance profile (and the serverless job role when configured) exist."""
     iam = aws.client("iam")
     fix = "create them with `aws emr create-default-roles` or from deploy/ (docs/aws.md, step 2)"
@@ -147,18 +147,18 @@ def check_roles(aws: Aws, config: EmrConfig) -> list[Finding]:
     for check, name, call, parameter in wanted:
         try:
             call(**{parameter: name})
-            findings.append(Finding(check, "ok", name))
+            findings.append(CheckResult(check, "ok", name))
         except ClientError as error:
             problem = "does not exist" if _code(error) == "NoSuchEntity" else f"cannot be read ({_code(error)})"
-            findings.append(Finding(check, "fail", f"{name} {problem}; {fix}"))
+            findings.append(CheckResult(check, "fail", f"{name} {problem}; {fix}"))
     return findings
 
 
-def check_clusters(aws: Aws, max_age_hours: float, now: datetime) -> list[Finding]:
+def check_clusters(aws: Aws, max_age_hours: float, now: datetime) -> list[CheckResult]:
     """Every active cluster in the region with its age: older than max_age_hours is a warning."""
     clusters = active_clusters(aws.client("emr"))
     if not clusters:
-        return [Finding("clusters", "ok", f"no active EMR cluster in {aws.region}")]
+        return [CheckResult("clusters", "ok", f"no active EMR cluster in {aws.region}")]
     findings = []
     for cluster in clusters:
         age = (now - cluster["Status"]["Timeline"]["CreationDateTime"]).total_seconds() / 3600
@@ -166,7 +166,7 @@ def check_clusters(aws: Aws, max_age_hours: float, now: datetime) -> list[Findin
         detail = f"{cluster['Id']} {cluster['Name']} {cluster['Status']['State']} for {age:.1f} h ({owner})"
         if age > max_age_hours:
             detail += "; forgotten? `orchard emr down --all` ends orchard's clusters"
-        findings.append(Finding("cluster", "warn" if age > max_age_hours else "ok", detail))
+        findings.append(CheckResult("cluster", "warn" if age > max_age_hours else "ok", detail))
     return findings
 
 

@@ -450,7 +450,7 @@ def submit(aws: Aws, config: EmrConfig, *, state: RunState | None, terminate_aft
 
 def log_files(aws: Aws, state: RunState) -> list[str]:
     """Every log file EMR has copied to S3 for the state's cluster so far."""
-    filesystem, path = fs.resolve(f"{state.log_uri}{state.cluster_id}", aws.storage)
+    filesystem, path = fs.filesystem_and_path(f"{state.log_uri}{state.cluster_id}", aws.storage)
     infos = filesystem.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
     return sorted(f"s3://{info.path}" for info in infos if info.type == pafs.FileType.File)
 
@@ -481,12 +481,12 @@ def step_logs(aws: Aws, state: RunState, step_id: str, lines: int = 40,
 
 def download(aws: Aws, source: str, destination: str) -> int:
     """Copy a finished output from S3 to a local folder; returns the number of files copied."""
-    source_fs, source_path = fs.resolve(source, aws.storage)
+    source_fs, source_path = fs.filesystem_and_path(source, aws.storage)
     if source_fs.get_file_info(source_path).type != pafs.FileType.Directory:
         raise AwsError(f"{source} does not exist (yet): `orchard emr status` shows whether the run has finished")
     if fs.is_nonempty_dir(destination):
         raise ConfigError(f"{destination} already exists and is not empty; pass another folder or remove it")
-    target_fs, target_path = fs.resolve(destination)
+    target_fs, target_path = fs.filesystem_and_path(destination)
     pafs.copy_files(source_path, target_path, source_filesystem=source_fs, destination_filesystem=target_fs)
     infos = target_fs.get_file_info(pafs.FileSelector(target_path, recursive=True))
     return sum(info.type == pafs.FileType.File for info in infos)

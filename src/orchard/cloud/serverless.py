@@ -93,8 +93,8 @@ def upload_archive(aws: Aws, config: EmrConfig, run_id: str) -> str:
         raise ConfigError(f"serverless.archive = {archive!r}: file not found; build it with `orchard package -o "
                           f"{archive}` on Amazon Linux 2023 (see docs/aws.md)")
     uri = f"{config.run_uri(run_id)}/{local.name}"
-    source_fs, source_path = fs.resolve(str(local.absolute()))
-    target_fs, target_path = fs.resolve(uri, aws.storage)
+    source_fs, source_path = fs.filesystem_and_path(str(local.absolute()))
+    target_fs, target_path = fs.filesystem_and_path(uri, aws.storage)
     pafs.copy_files(source_path, target_path, source_filesystem=source_fs, destination_filesystem=target_fs)
     tag_object(aws, uri, run_id)
     return uri

@@ -61,7 +61,7 @@ def orchard_cache_dir() -> Path:
     return Path(os.environ.get("ORCHARD_CACHE", Path.home() / ".cache" / "orchard"))
 
 
-def resolve(weights: str, seed: int = 0, *, download: bool = True) -> ModelSource:
+def model_source(weights: str, seed: int = 0, *, download: bool = True) -> ModelSource:
     """Resolve --weights ('imagenet', 'random' or a path) into a ModelSource with ONNX bytes."""
     if weights == "random":
         return _cached_model(f"random-seed{seed}", lambda: random_weights(seed), "random", None, None,

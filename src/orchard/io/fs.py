@@ -45,7 +45,7 @@ def set_default_storage(storage: StorageOptions | None) -> None:
     _default_storage = storage
 
 
-def resolve(uri: str, storage: StorageOptions | None = None) -> tuple[pafs.FileSystem, str]:
+def filesystem_and_path(uri: str, storage: StorageOptions | None = None) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path inside it) for a URI or local path."""
     parsed = urlparse(uri)
     scheme = parsed.scheme.lower()
@@ -101,14 +101,14 @@ def is_local(uri: str) -> bool:
 
 def read_bytes(uri: str, storage: StorageOptions | None = None) -> bytes:
     """The whole content of a file."""
-    filesystem, path = resolve(uri, storage)
+    filesystem, path = filesystem_and_path(uri, storage)
     with filesystem.open_input_stream(path) as stream:
         return stream.readall()
 
 
 def write_bytes(uri: str, data: bytes, storage: StorageOptions | None = None) -> None:
     """Write a whole file so that readers never see it half-written (temp + move, or one S3 PUT)."""
-    filesystem, path = resolve(uri, storage)
+    filesystem, path = filesystem_and_path(uri, storage)
     parent = posixpath.dirname(path)
     filesystem.create_dir(parent, recursive=True)
     if isinstance(filesystem, pafs.LocalFileSystem):
@@ -144,19 +144,19 @@ def read_columns(uri: str, columns: list[str] | None = None, storage: StorageOpt
     """Columns of a Parquet file or dataset folder (Spark's hidden '.'/'_' files skipped)."""
     import pyarrow.dataset as pads  # see write_parquet
 
-    filesystem, path = resolve(uri, storage)
+    filesystem, path = filesystem_and_path(uri, storage)
     return pads.dataset(path, filesystem=filesystem, format="parquet").to_table(columns=columns)
 
 
 def exists(uri: str, storage: StorageOptions | None = None) -> bool:
     """True if a file or folder is there."""
-    filesystem, path = resolve(uri, storage)
+    filesystem, path = filesystem_and_path(uri, storage)
     return filesystem.get_file_info(path).type != pafs.FileType.NotFound
 
 
 def is_file(uri: str, storage: StorageOptions | None = None) -> bool:
     """True if a file (not a folder) is there."""
-    filesystem, path = resolve(uri, storage)
+    filesystem, path = filesystem_and_path(uri, storage)
     return filesystem.get_file_info(path).type == pafs.FileType.File
 
 
@@ -164,7 +164,7 @@ def modified_us(uri: str, storage: StorageOptions | None = None) -> int | None:
     """A file's modification time in microseconds since the epoch, at millisecond precision as Hadoop
     lists it; None when it is gone or its file system cannot say."""
     try:
-        filesystem, path = resolve(uri, storage)
+        filesystem, path = filesystem_and_path(uri, storage)
         info = filesystem.get_file_info(path)
     except (OSError, ValueError, pa.ArrowException):
         return None
@@ -175,8 +175,8 @@ def modified_us(uri: str, storage: StorageOptions | None = None) -> int | None:
 
 def copy_tree(source: str, target: str, storage: StorageOptions | None = None) -> None:
     """Copy a folder, replacing what is at `target`."""
-    filesystem, path = resolve(source, storage)
-    _, destination = resolve(target, storage)
+    filesystem, path = filesystem_and_path(source, storage)
+    _, destination = filesystem_and_path(target, storage)
     remove_tree(target, storage)
     for source_file, target_file in _file_pairs(filesystem, path, destination):
         filesystem.create_dir(posixpath.dirname(target_file), recursive=True)
@@ -192,7 +192,7 @@ def _file_pairs(filesystem: pafs.FileSystem, path: str, destination: str) -> lis
 
 def list_files(uri: str, storage: StorageOptions | None = None) -> list[str]:
     """Base names of the files directly under a folder (empty if it does not exist)."""
-    filesystem, path = resolve(uri, storage)
+    filesystem, path = filesystem_and_path(uri, storage)
     if filesystem.get_file_info(path).type != pafs.FileType.Directory:
         return []
     infos = filesystem.get_file_info(pafs.FileSelector(path, recursive=False))
@@ -201,7 +201,7 @@ def list_files(uri: str, storage: StorageOptions | None = None) -> list[str]:
 
 def is_nonempty_dir(uri: str, storage: StorageOptions | None = None) -> bool:
     """True for a folder with at least one entry."""
-    filesystem, path = resolve(uri, storage)
+    filesystem, path = filesystem_and_path(uri, storage)
     if filesystem.get_file_info(path).type != pafs.FileType.Directory:
         return False
     return bool(filesystem.get_file_info(pafs.FileSelector(path, recursive=False)))
@@ -209,7 +209,7 @@ def is_nonempty_dir(uri: str, storage: StorageOptions | None = None) -> bool:
 
 def remove_tree(uri: str, storage: StorageOptions | None = None) -> None:
     """Delete a folder with everything under it, or a file; nothing there is fine."""
-    filesystem, path = resolve(uri, storage)
+    filesystem, path = filesystem_and_path(uri, storage)
     info = filesystem.get_file_info(path)
     if info.type == pafs.FileType.Directory:
         filesystem.delete_dir(path)
@@ -220,8 +220,8 @@ def remove_tree(uri: str, storage: StorageOptions | None = None) -> None:
 def move_tree(source: str, target: str, storage: StorageOptions | None = None) -> None:
     """Move a folder to `target`, replacing what is there: one rename where the filesystem has one (local,
     HDFS: readers see the old folder, nothing, or the whole new one), else file by file (S3: copy + delete)."""
-    filesystem, path = resolve(source, storage)
-    _, destination = resolve(target, storage)
+    filesystem, path = filesystem_and_path(source, storage)
+    _, destination = filesystem_and_path(target, storage)
     remove_tree(target, storage)
     if not isinstance(filesystem, pafs.S3FileSystem):
         filesystem.create_dir(posixpath.dirname(destination), recursive=True)
@@ -234,7 +234,7 @@ def move_tree(source: str, target: str, storage: StorageOptions | None = None) -
 
 def tree_size(uri: str, storage: StorageOptions | None = None) -> int:
     """Total bytes of the files under a folder."""
-    filesystem, path = resolve(uri, storage)
+    filesystem, path = filesystem_and_path(uri, storage)
     if filesystem.get_file_info(path).type != pafs.FileType.Directory:
         return 0
     infos = filesystem.get_file_info(pafs.FileSelector(path, recursive=True))
@@ -243,7 +243,7 @@ def tree_size(uri: str, storage: StorageOptions | None = None) -> int:
 
 def walk_files(uri: str, storage: StorageOptions | None = None) -> list[tuple[str, int, int | None]]:
     """(path inside the filesystem, size, modified_us) of every file under a folder, at any depth."""
-    filesystem, path = resolve(uri, storage)
+    filesystem, path = filesystem_and_path(uri, storage)
     infos = filesystem.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
     return [(info.path, info.size, info.mtime_ns // 1000 if info.mtime_ns is not None else None)
             for info in infos if info.type == pafs.FileType.File]

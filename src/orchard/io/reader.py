@@ -66,7 +66,7 @@ def permanent_reason(exc: OSError) -> str | None:
 
 
 def _read_once(uri: str, max_bytes: int, storage: fs.StorageOptions | None) -> bytes:
-    filesystem, path = fs.resolve(uri, storage)
+    filesystem, path = fs.filesystem_and_path(uri, storage)
     with filesystem.open_input_file(path) as handle:
         size = handle.size()
         if size > max_bytes:
