@@ -25,14 +25,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pyarrow.fs as pafs
-
 from orchard.cloud.emr_config import EmrConfig, NodeGroup, spark_generation, spark_version
 from orchard.cloud.emr_driver import SCRIPT as DRIVER_SCRIPT
 from orchard.errors import ConfigError, OrchardError
-from orchard.io import fs
-from orchard.io.fs import StorageOptions
-from orchard.output import Layout
+from orchard.io.storage import StorageOptions
 
 TAG = "orchard:run"
 ACTIVE_STATES = ("STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING")
@@ -163,6 +159,8 @@ def driver_uri(run_uri: str) -> str:
 
 def upload_driver(aws: Aws, run_uri: str, run_id: str) -> str:
     """Upload the driver script under run_uri (tagged); returns its URI."""
+    from orchard.io import fs
+
     uri = driver_uri(run_uri)
     fs.write_bytes(uri, DRIVER_SCRIPT.encode(), aws.storage)
     tag_object(aws, uri, run_id)
@@ -198,6 +196,7 @@ def bootstrap_script(wheel_uri: str, requirements: list[str]) -> str:
 def upload_artifacts(aws: Aws, config: EmrConfig, run_id: str) -> Artifacts:
     """Build (or take the configured) orchard wheel and upload it with the bootstrap and driver scripts."""
     from orchard.cloud.package import build_wheel, runtime_requirements
+    from orchard.io import fs
 
     run_uri = config.run_uri(run_id)
     storage = aws.storage
@@ -356,11 +355,15 @@ class RunState:
 
     def save(self, path: Path = STATE_FILE) -> None:
         """Write the state file (atomically)."""
+        from orchard.io import fs
+
         fs.write_json(str(path.absolute()), asdict(self))
 
     @classmethod
     def load(cls, path: Path = STATE_FILE) -> RunState:
         """Read the state file, or a one-line error saying how to create one."""
+        from orchard.io import fs
+
         if not path.is_file():
             raise ConfigError(f"no {path} here: run `orchard emr up` or `orchard emr run` first, from this folder "
                               "(the state is kept per folder)")
@@ -409,6 +412,9 @@ def wait_for_step(aws: Aws, cluster_id: str, step_id: str, output: str, waiting:
 
     Returns the step (any final state), or None when the timeout came first (the step keeps running).
     """
+    from orchard.io import fs
+    from orchard.output import Layout
+
     emr = aws.client("emr")
     stats = Layout(output).stats
     seen: dict = {}
@@ -450,6 +456,10 @@ def submit(aws: Aws, config: EmrConfig, *, state: RunState | None, terminate_aft
 
 def log_files(aws: Aws, state: RunState) -> list[str]:
     """Every log file EMR has copied to S3 for the state's cluster so far."""
+    import pyarrow.fs as pafs
+
+    from orchard.io import fs
+
     filesystem, path = fs.filesystem_and_path(f"{state.log_uri}{state.cluster_id}", aws.storage)
     infos = filesystem.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
     return sorted(f"s3://{info.path}" for info in infos if info.type == pafs.FileType.File)
@@ -457,6 +467,8 @@ def log_files(aws: Aws, state: RunState) -> list[str]:
 
 def read_log(aws: Aws, uri: str, lines: int) -> str:
     """The last `lines` lines of a log file (fs.read_bytes un-gzips `.gz` files, as EMR writes them)."""
+    from orchard.io import fs
+
     text = fs.read_bytes(uri, aws.storage).decode(errors="replace")
     return "\n".join(text.splitlines()[-lines:])
 
@@ -481,6 +493,10 @@ def step_logs(aws: Aws, state: RunState, step_id: str, lines: int = 40,
 
 def download(aws: Aws, source: str, destination: str) -> int:
     """Copy a finished output from S3 to a local folder; returns the number of files copied."""
+    import pyarrow.fs as pafs
+
+    from orchard.io import fs
+
     source_fs, source_path = fs.filesystem_and_path(source, aws.storage)
     if source_fs.get_file_info(source_path).type != pafs.FileType.Directory:
         raise AwsError(f"{source} does not exist (yet): `orchard emr status` shows whether the run has finished")
@@ -545,6 +561,8 @@ def jupyter_instructions(master_dns: str, key_name: str | None) -> list[str]:
 
 def upload_notebook(aws: Aws, config: EmrConfig, notebook: Path, run_id: str) -> str:
     """Put a notebook where JupyterHub's S3 persistence shows it to the default user; returns its URI."""
+    from orchard.io import fs
+
     uri = f"s3://{config.bucket}/jupyter/{JUPYTER_USER}/{notebook.name}"
     fs.write_bytes(uri, fs.read_bytes(str(notebook.absolute())), aws.storage)
     tag_object(aws, uri, run_id)

@@ -95,20 +95,27 @@ def add_emr_parser(commands: argparse._SubParsersAction) -> None:
 
 def run_emr(args: argparse.Namespace) -> int:
     """Dispatch `orchard emr SUBCOMMAND`; AWS errors become one-line OrchardErrors."""
-    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+    try:
+        return args.emr_handler(args)
+    except Exception as error:
+        if not type(error).__module__.startswith("botocore"):  # a plan never loads botocore to ask
+            raise
+        raise _aws_error(error) from None
+
+
+def _aws_error(error: Exception) -> OrchardError:
+    """The one-line error for a botocore exception."""
+    from botocore.exceptions import ClientError, NoCredentialsError
 
     from orchard.cloud.emr import AwsError
 
-    try:
-        return args.emr_handler(args)
-    except NoCredentialsError:
-        raise AwsError("no AWS credentials found; configure a profile (`aws configure --profile NAME`, then "
-                       "AWS_PROFILE=NAME): orchard never takes keys as options") from None
-    except ClientError as error:
+    if isinstance(error, NoCredentialsError):
+        return AwsError("no AWS credentials found; configure a profile (`aws configure --profile NAME`, then "
+                        "AWS_PROFILE=NAME): orchard never takes keys as options")
+    if isinstance(error, ClientError):
         details = error.response.get("Error", {})
-        raise AwsError(f"AWS refused {error.operation_name}: {details.get('Code')}: {details.get('Message')}") from None
-    except BotoCoreError as error:
-        raise AwsError(f"AWS call failed: {error}") from None
+        return AwsError(f"AWS refused {error.operation_name}: {details.get('Code')}: {details.get('Message')}")
+    return AwsError(f"AWS call failed: {error}")
 
 
 def connect(region: str):

@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from orchard.io import fs
+from orchard.io.storage import StorageOptions
 
 SCRIPT = '''"""orchard's EMR entry point, uploaded by `orchard emr`; see orchard.cloud.emr_driver."""
 import sys
@@ -27,13 +27,15 @@ sys.exit(main(sys.argv[1:], orchard))
 '''
 
 
-def fetch_weights(uri: str, storage: fs.StorageOptions | None = None) -> str:
+def fetch_weights(uri: str, storage: StorageOptions | None = None) -> str:
     """Copy a weights file from `uri` to local disk; returns the `--weights` value that selects it.
 
     `storage` defaults to the AWS environment (on EMR: the node's region and instance credentials).
     """
-    storage = storage or fs.StorageOptions.from_env()
     from orchard.featurize.weights import KERAS_FILE, keras_cache_dir
+    from orchard.io import fs
+
+    storage = storage or StorageOptions.from_env()
 
     name = posixpath.basename(uri.rstrip("/"))
     if name == KERAS_FILE:

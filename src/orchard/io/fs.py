@@ -12,28 +12,15 @@ import json
 import os
 import posixpath
 import uuid
-from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import urlparse
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from orchard.io.storage import StorageOptions
+
 S3_SCHEMES = ("s3", "s3a", "s3n")
-
-
-@dataclass(frozen=True)
-class StorageOptions:
-    """S3 endpoint/region overrides (for S3-compatible servers); credentials always come from the AWS chain."""
-
-    endpoint: str | None = None
-    region: str | None = None
-
-    @classmethod
-    def from_env(cls) -> StorageOptions:
-        """Endpoint from AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL, region from AWS_REGION or AWS_DEFAULT_REGION."""
-        return cls(os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"),
-                   os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"))
 
 
 _default_storage: StorageOptions | None = None
