@@ -28,7 +28,6 @@ from PIL import Image, ImageOps
 from orchard.classify import train
 from orchard.config import RunConfig
 from orchard.errors import ConfigError
-from orchard.io import fs
 from orchard.io.fs import StorageOptions
 from orchard.pipeline import run
 from orchard.predict import Predictor, find_predictor
@@ -281,13 +280,10 @@ def test_thumbnails_of_a_collection_on_s3(model, tmp_path, monkeypatch):
         client.create_bucket(Bucket="fruits", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
         for path, key in zip(local, keys, strict=True):
             client.upload_file(str(path), "fruits", key)
-        fs.set_default_storage(StorageOptions(endpoint, "eu-west-1"))
-        try:
-            on_s3 = Predictor(folder, loaded.manifest, arrays, (Path(folder) / "model.onnx").read_bytes())
-            with in_process(create_app(on_s3)) as base:
-                answers = [serve_load.fetch(f"{base}/thumbnails/{i}") for i in (0, len(keys) - 1)]
-        finally:
-            fs.set_default_storage(None)
+        on_s3 = Predictor(folder, loaded.manifest, arrays, (Path(folder) / "model.onnx").read_bytes(),
+                          storage=StorageOptions(endpoint, "eu-west-1"))
+        with in_process(create_app(on_s3)) as base:
+            answers = [serve_load.fetch(f"{base}/thumbnails/{i}") for i in (0, len(keys) - 1)]
     for (status, content, headers), source in zip(answers, (local[0], local[-1]), strict=True):
         assert status == 200 and headers["content-type"] == "image/jpeg"
         shown = np.asarray(Image.open(io.BytesIO(content)), np.int16)

@@ -82,11 +82,9 @@ def add_app_commands(commands) -> None:
 
 
 def _load(args: argparse.Namespace, threads: int | None = None):
-    from orchard.io import fs
     from orchard.predict import Predictor
 
-    fs.set_default_storage(storage_from_args(args))
-    predictor = Predictor.load(args.model, threads)
+    predictor = Predictor.load(args.model, threads, storage_from_args(args))
     if not predictor.manifest["model"]["meaningful"]:
         print(f"WARNING: {predictor.manifest['model']['description']}", file=sys.stderr)
     return predictor

@@ -105,45 +105,45 @@ def train(output: str, *, spark=None, features: str = "pca", algorithm: str = "l
     if reg_param < 0 or max_iter < 1:
         raise ConfigError("--reg-param must be >= 0 and --max-iter >= 1")
     storage = storage or StorageOptions.from_env()
-    fs.set_default_storage(storage)
-    layout = Layout(finished_run(output))
-    info = record.read(layout.run_json)
-    onnx_bytes = run_onnx_bytes(info)  # before Spark starts: a changed weights file fails in a second
-    if spark is None:
-        from orchard.spark import get_session
+    with fs.using_storage(storage):
+        layout = Layout(finished_run(output))
+        info = record.read(layout.run_json)
+        onnx_bytes = run_onnx_bytes(info)  # before Spark starts: a changed weights file fails in a second
+        if spark is None:
+            from orchard.spark import get_session
 
-        spark = get_session(spark_options, s3.spark_conf(storage, layout.root))
+            spark = get_session(spark_options, s3.spark_conf(storage, layout.root))
 
-    from pyspark.ml import PipelineModel
-    from pyspark.sql import functions as F
+        from pyspark.ml import PipelineModel
+        from pyspark.sql import functions as F
 
-    rows = spark.read.parquet(layout.features)
-    classes, train_images, test_images = check_splits(rows, train_split, test_split)
-    index_of = F.create_map(*[F.lit(value) for i, name in enumerate(classes) for value in (name, float(i))])
-    training = rows.where(F.col("split") == train_split).withColumn("label_index", index_of[F.col("label")])
-    reduction = PipelineModel.load(layout.model)
-    model = classifier_pipeline(reduction, features, classes, reg_param, max_iter).fit(training)
+        rows = spark.read.parquet(layout.features)
+        classes, train_images, test_images = check_splits(rows, train_split, test_split)
+        index_of = F.create_map(*[F.lit(value) for i, name in enumerate(classes) for value in (name, float(i))])
+        training = rows.where(F.col("split") == train_split).withColumn("label_index", index_of[F.col("label")])
+        reduction = PipelineModel.load(layout.model)
+        model = classifier_pipeline(reduction, features, classes, reg_param, max_iter).fit(training)
 
-    staging = layout.classifier_staging
-    fs.remove_tree(staging.root)  # what an interrupted train left
-    model.write().save(staging.model)
-    confusion_uri = staging.confusion
-    (model.transform(rows.where(F.col("split") == test_split))
-     .groupBy("label", F.col("predicted_label").alias("predicted")).count()
-     .orderBy("label", "predicted").coalesce(1).write.parquet(confusion_uri))
-    confusion = fs.read_columns(confusion_uri).to_pylist()
-    metrics = {"algorithm": algorithm, "features_used": features, "reg_param": reg_param, "max_iter": max_iter,
-               "train_split": train_split, "test_split": test_split, "train_images": train_images,
-               "test_images": test_images, **scores(confusion, classes),
-               "weights_meaningful": info.model.meaningful,
-               "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    write_predictor(staging.predictor, model, reduction, features, classes, onnx_bytes, layout, info)
-    fs.write_json(staging.metrics, metrics)
-    swap_in(staging.root, layout.classifier.root)
-    updated = record.read(layout.run_json)
-    updated.classifier = metrics
-    record.write(layout.run_json, updated)
-    return TrainResult(metrics, layout.classifier.root)
+        staging = layout.classifier_staging
+        fs.remove_tree(staging.root)  # what an interrupted train left
+        model.write().save(staging.model)
+        confusion_uri = staging.confusion
+        (model.transform(rows.where(F.col("split") == test_split))
+         .groupBy("label", F.col("predicted_label").alias("predicted")).count()
+         .orderBy("label", "predicted").coalesce(1).write.parquet(confusion_uri))
+        confusion = fs.read_columns(confusion_uri).to_pylist()
+        metrics = {"algorithm": algorithm, "features_used": features, "reg_param": reg_param, "max_iter": max_iter,
+                   "train_split": train_split, "test_split": test_split, "train_images": train_images,
+                   "test_images": test_images, **scores(confusion, classes),
+                   "weights_meaningful": info.model.meaningful,
+                   "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        write_predictor(staging.predictor, model, reduction, features, classes, onnx_bytes, layout, info)
+        fs.write_json(staging.metrics, metrics)
+        swap_in(staging.root, layout.classifier.root)
+        updated = record.read(layout.run_json)
+        updated.classifier = metrics
+        record.write(layout.run_json, updated)
+        return TrainResult(metrics, layout.classifier.root)
 
 
 def classifier_pipeline(reduction, features: str, classes: list[str], reg_param: float, max_iter: int):

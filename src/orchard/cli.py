@@ -239,8 +239,8 @@ def _verify(args: argparse.Namespace) -> int:
     from orchard.io import fs
     from orchard.verify import verify
 
-    fs.set_default_storage(storage_from_args(args))
-    findings = verify(args.output)
+    with fs.using_storage(storage_from_args(args)):
+        findings = verify(args.output)
     for finding in findings:
         print(finding.line())
     good = all(finding.ok for finding in findings)
@@ -265,8 +265,8 @@ def _report(args: argparse.Namespace) -> int:
     from orchard.io import fs
     from orchard.report import write_report
 
-    fs.set_default_storage(storage_from_args(args))
-    print(f"wrote {write_report(args.output, args.out)}")
+    with fs.using_storage(storage_from_args(args)):
+        print(f"wrote {write_report(args.output, args.out)}")
     return 0
 
 

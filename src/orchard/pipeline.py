@@ -116,59 +116,59 @@ def run(config: RunConfig, spark=None) -> RunResult:
     featurising only what changed since the latest one (nothing new: the latest version is returned as is).
     """
     started = time.perf_counter()
-    fs.set_default_storage(config.storage)
-    target = plan_target(config)  # read-only: nothing is written before input and weights check out
-    if config.precision == "bf16":
-        cpu.check_bf16("the driver")  # before Spark starts; executors check again (openvino_engine)
-    layout = target.layout
-    timings = Timings()
-    spark = spark or sparkglue.get_session(config.spark, s3.spark_conf(config.storage, config.input, config.output))
+    with fs.using_storage(config.storage):  # for every fs call of the run, and no longer
+        target = plan_target(config)  # read-only: nothing is written before input and weights check out
+        if config.precision == "bf16":
+            cpu.check_bf16("the driver")  # before Spark starts; executors check again (openvino_engine)
+        layout = target.layout
+        timings = Timings()
+        spark = spark or sparkglue.get_session(config.spark, s3.spark_conf(config.storage, config.input, config.output))
 
-    with timings.stage("model"):
-        source = weights.model_source(config.weights, config.seed)
-    base_info = check_base(config, target, source)
-    with timings.stage("listing"):
-        manifest, found = _load_or_list(spark, config, layout, target.state)
-    work, changes = manifest, None
-    if target.base is not None:
-        with timings.stage("compare"):
-            changes = incremental.diff(manifest, incremental.recorded_state(target.base))
-            if changes.empty and not config.refit_pca:
-                fs.remove_tree(layout.root)
-                return RunResult(target.base.root, {**base_info.to_dict(), "up_to_date": True})
-            work = changes.todo
-            _carry(spark, target.base, changes, layout)
-    if config.precision != "fp32":
-        with timings.stage("quantize"):
-            source = reduced_precision(source, manifest, config)
-    with timings.stage("featurize"):
-        shard_stats = featurize_shards(spark, work, source, config, layout)
-    staging = layout.staging  # nothing appears under the output folder before the commit
-    with timings.stage("write"):
-        written = write_datasets(spark, layout.rows, staging, manifest)
-    with timings.stage("pca"):
-        reuse = target.base if target.base is not None and not config.refit_pca else None
-        pca_summary = reduce_features(spark, config, staging, written["ok"], reuse, base_info)
-    if config.csv:
-        with timings.stage("csv"):
-            write_csv(spark, staging, pca_summary.k)
-    skipped = write_skipped(layout)
+        with timings.stage("model"):
+            source = weights.model_source(config.weights, config.seed)
+        base_info = check_base(config, target, source)
+        with timings.stage("listing"):
+            manifest, found = _load_or_list(spark, config, layout, target.state)
+        work, changes = manifest, None
+        if target.base is not None:
+            with timings.stage("compare"):
+                changes = incremental.diff(manifest, incremental.recorded_state(target.base))
+                if changes.empty and not config.refit_pca:
+                    fs.remove_tree(layout.root)
+                    return RunResult(target.base.root, {**base_info.to_dict(), "up_to_date": True})
+                work = changes.todo
+                _carry(spark, target.base, changes, layout)
+        if config.precision != "fp32":
+            with timings.stage("quantize"):
+                source = reduced_precision(source, manifest, config)
+        with timings.stage("featurize"):
+            shard_stats = featurize_shards(spark, work, source, config, layout)
+        staging = layout.staging  # nothing appears under the output folder before the commit
+        with timings.stage("write"):
+            written = write_datasets(spark, layout.rows, staging, manifest)
+        with timings.stage("pca"):
+            reuse = target.base if target.base is not None and not config.refit_pca else None
+            pca_summary = reduce_features(spark, config, staging, written["ok"], reuse, base_info)
+        if config.csv:
+            with timings.stage("csv"):
+                write_csv(spark, staging, pca_summary.k)
+        skipped = write_skipped(layout)
 
-    info = run_record(config, spark, source, manifest, found, shard_stats, written, pca_summary, timings, started)
-    info.counts.skipped, info.counts.skipped_by_reason = sum(skipped.values()), skipped
-    info.outputs = {name: getattr(layout, name) for name in (*DATASETS, "model")}
-    if config.incremental:
-        info.incremental = incremental_info(target, changes, len(work), reuse)
-        if changes is not None:
-            incremental.write_changes(changes, staging.changes)
-    info.parts = part_checksums(staging.root)
-    info.resume = {"resumed": target.state == "resume",
-                   "shards_reused": sum(s.get("reused", False) for s in shard_stats)}
-    check_accounting(info.counts)
-    commit(layout, info)
-    if target.version is not None:
-        publish(config.output, target.version)
-    return RunResult(layout.root, info.to_dict())
+        info = run_record(config, spark, source, manifest, found, shard_stats, written, pca_summary, timings, started)
+        info.counts.skipped, info.counts.skipped_by_reason = sum(skipped.values()), skipped
+        info.outputs = {name: getattr(layout, name) for name in (*DATASETS, "model")}
+        if config.incremental:
+            info.incremental = incremental_info(target, changes, len(work), reuse)
+            if changes is not None:
+                incremental.write_changes(changes, staging.changes)
+        info.parts = part_checksums(staging.root)
+        info.resume = {"resumed": target.state == "resume",
+                       "shards_reused": sum(s.get("reused", False) for s in shard_stats)}
+        check_accounting(info.counts)
+        commit(layout, info)
+        if target.version is not None:
+            publish(config.output, target.version)
+        return RunResult(layout.root, info.to_dict())
 
 
 def commit(layout: Layout, info: RunRecord) -> None:

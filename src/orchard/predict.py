@@ -26,6 +26,7 @@ from orchard.errors import ConfigError
 from orchard.featurize import runtime
 from orchard.featurize.contract import FEATURE_DIM
 from orchard.io import fs
+from orchard.io.storage import StorageOptions
 from orchard.output import finished_run
 from orchard.preprocess import ImageError, Limits, prepare
 
@@ -46,8 +47,9 @@ class Predictor:
     """A trained classifier ready for photos: load once, then `predict` and `similar` many times."""
 
     def __init__(self, folder: str, manifest: dict, arrays: dict[str, np.ndarray], onnx_bytes: bytes,
-                 threads: int | None = None):
+                 threads: int | None = None, storage: StorageOptions | None = None):
         self.folder = folder
+        self.storage = storage  # where the bundle and the collection's images are (None: the AWS environment)
         self.manifest = manifest
         self.classes: list[str] = [str(name) for name in arrays["classes"]]
         self.limits = Limits(**manifest["limits"])
@@ -64,21 +66,22 @@ class Predictor:
         self._session = runtime.make_session(onnx_bytes, threads or min(os.cpu_count() or 1, 4))
 
     @classmethod
-    def load(cls, location: str, threads: int | None = None) -> Predictor:
+    def load(cls, location: str, threads: int | None = None, storage: StorageOptions | None = None) -> Predictor:
         """Load from a predictor folder, a `classifier/` folder, or a run output / versioned store."""
-        folder = find_predictor(location)
-        manifest = fs.read_json(fs.join(folder, "predictor.json"))
+        with fs.using_storage(storage):
+            folder = find_predictor(location)
+        manifest = fs.read_json(fs.join(folder, "predictor.json"), storage)
         if manifest.get("format") != PREDICTOR_FORMAT:
             raise ConfigError(f"{folder} was written by another orchard version (format {manifest.get('format')}, "
                               f"this one reads {PREDICTOR_FORMAT}): run `orchard train` again")
-        files = {name: fs.read_bytes(fs.join(folder, name)) for name in PREDICTOR_FILES}
+        files = {name: fs.read_bytes(fs.join(folder, name), storage) for name in PREDICTOR_FILES}
         for name, data in files.items():
             if hashlib.sha256(data).hexdigest() != manifest["sha256"][name]:
                 raise ConfigError(f"{fs.join(folder, name)} does not match the checksum in predictor.json (a partial "
                                   "copy or an edit): run `orchard train` again")
         with np.load(io.BytesIO(files["predictor.npz"])) as bundle:
             arrays = {name: bundle[name] for name in bundle.files}
-        return cls(folder, manifest, arrays, files["model.onnx"], threads)
+        return cls(folder, manifest, arrays, files["model.onnx"], threads, storage)
 
     @property
     def collection_size(self) -> int:
@@ -138,7 +141,7 @@ class Predictor:
 
     def collection_bytes(self, index: int) -> bytes:
         """The file content of collection image `index` (0 .. collection_size - 1), local or on S3."""
-        return _image_bytes(str(self._paths[index]))
+        return _image_bytes(str(self._paths[index]), self.storage)
 
 
 def nearest(collection: np.ndarray, squared_norms: np.ndarray, query: np.ndarray, k: int
@@ -166,10 +169,10 @@ def find_predictor(location: str) -> str:
     return folder
 
 
-def _image_bytes(image: ImageInput) -> bytes:
+def _image_bytes(image: ImageInput, storage: StorageOptions | None = None) -> bytes:
     if isinstance(image, bytes):
         return image
     try:
-        return fs.read_bytes(os.fspath(image))
+        return fs.read_bytes(os.fspath(image), storage)
     except OSError as exc:
         raise ImageError("read", f"cannot read {os.fspath(image)}: {exc}") from None

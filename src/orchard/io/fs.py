@@ -12,6 +12,9 @@ import json
 import os
 import posixpath
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import lru_cache
 from urllib.parse import urlparse
 
@@ -23,13 +26,21 @@ from orchard.io.storage import StorageOptions
 S3_SCHEMES = ("s3", "s3a", "s3n")
 
 
-_default_storage: StorageOptions | None = None
+_scoped_storage: ContextVar[StorageOptions | None] = ContextVar("orchard_storage", default=None)
 
 
-def set_default_storage(storage: StorageOptions | None) -> None:
-    """The S3 endpoint/region that calls without an explicit `storage` use (set once per run)."""
-    global _default_storage
-    _default_storage = storage
+@contextmanager
+def using_storage(storage: StorageOptions | None) -> Iterator[None]:
+    """Inside the block, calls without an explicit `storage` use `storage` (None: the AWS environment).
+
+    Scoped to the calling context (a run, a command, a request's thread): nothing outlives the block, so a
+    notebook's next `verify()` does not quietly reuse the previous run's S3 endpoint.
+    """
+    token = _scoped_storage.set(storage)
+    try:
+        yield
+    finally:
+        _scoped_storage.reset(token)
 
 
 def filesystem_and_path(uri: str, storage: StorageOptions | None = None) -> tuple[pafs.FileSystem, str]:
@@ -42,7 +53,7 @@ def filesystem_and_path(uri: str, storage: StorageOptions | None = None) -> tupl
             path = "/" + path.lstrip("/")
         return _local(), os.path.abspath(path)
     if scheme in S3_SCHEMES:
-        storage = storage or _default_storage or StorageOptions.from_env()
+        storage = storage or _scoped_storage.get() or StorageOptions.from_env()
         return _s3(storage.endpoint, storage.region), parsed.netloc + parsed.path
     filesystem, path = pafs.FileSystem.from_uri(uri)
     return filesystem, path
