@@ -9,6 +9,7 @@ estimate and is printed as one. `compare_families` sets the cost per image of ot
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from importlib import resources
@@ -168,19 +169,22 @@ def load_prices(config: EmrConfig) -> PriceTable:
 def estimate(config: EmrConfig, prices: PriceTable | None = None, images: int | None = None) -> CostEstimate:
     """Hourly and per-run cost of the config's cluster; `images` overrides [estimate] images."""
     prices = prices or load_prices(config)
-    groups = []
-    for group in config.groups:
-        price = prices.price(group.instance_type)
-        factor = prices.spot_price_factor if group.market == "SPOT" else 1.0
-        groups.append(GroupCost(group, price.ec2 * factor, price.emr,
-                                group.ebs_gb * prices.ebs_gb_month / HOURS_PER_MONTH, price.vcpu))
     per_vcpu, basis = executor_throughput(config)
     return CostEstimate(
-        prices=prices, groups=tuple(groups), images=images or config.estimate.images,
+        prices=prices, groups=tuple(group_cost(group, prices) for group in config.groups),
+        images=images or config.estimate.images,
         images_per_second_per_vcpu=per_vcpu, throughput_basis=basis,
         startup_hours=config.estimate.startup_minutes / 60, fixed_hours=config.estimate.fixed_minutes / 60,
         idle_hours=config.idle_timeout_minutes / 60,
     )
+
+
+def group_cost(group: NodeGroup, prices: PriceTable) -> GroupCost:
+    """What one instance group costs per hour: EC2 (spot factor applied), EMR uplift, its EBS volumes."""
+    price = prices.price(group.instance_type)
+    factor = prices.spot_price_factor if group.market == "SPOT" else 1.0
+    return GroupCost(group, price.ec2 * factor, price.emr, group.ebs_gb * prices.ebs_gb_month / HOURS_PER_MONTH,
+                     price.vcpu)
 
 
 def executor_throughput(config: EmrConfig) -> tuple[float, str]:
@@ -213,20 +217,17 @@ class FamilyCost:
 
 def compare_families(config: EmrConfig, prices: PriceTable) -> list[FamilyCost]:
     """The core group's size in each compared family, at every precision it runs: cost per million images."""
-    core = config.core
-    factor = prices.spot_price_factor if core.market == "SPOT" else 1.0
-    ebs = core.ebs_gb * prices.ebs_gb_month / HOURS_PER_MONTH
     rows = []
     for name in throughput.COMPARED:
-        instance_type = f"{name}.{throughput.size_of(core.instance_type)}"
+        instance_type = f"{name}.{throughput.size_of(config.core.instance_type)}"
         if instance_type not in prices.instances:
             continue
-        price, family = prices.instances[instance_type], throughput.FAMILIES[name]
-        hourly = price.ec2 * factor + price.emr + ebs
+        one = group_cost(dataclasses.replace(config.core, instance_type=instance_type, count=1), prices)
+        family = throughput.FAMILIES[name]
         for precision in family.precisions:
             per_vcpu = family.measured(precision)
-            per_million = None if per_vcpu is None else hourly / (per_vcpu * price.vcpu * 3600) * 1e6
-            rows.append(FamilyCost(instance_type, family.cpu, precision, per_vcpu, per_million, hourly, price.vcpu))
+            per_million = None if per_vcpu is None else one.hourly / (per_vcpu * one.vcpu * 3600) * 1e6
+            rows.append(FamilyCost(instance_type, family.cpu, precision, per_vcpu, per_million, one.hourly, one.vcpu))
     return rows
 
 

@@ -16,16 +16,18 @@ class UnsupportedCpu(RuntimeError):
     """An executor's CPU lacks the units a precision needs: its task fails with this one line."""
 
 
-def flags(cpuinfo: Path = CPUINFO) -> frozenset[str]:
-    """The first processor's feature flags (empty where the kernel does not publish them)."""
+def _field(cpuinfo: Path, *names: str) -> str | None:
+    """The first processor's value of the first of `names` in cpuinfo, or None (no file, or no such line)."""
     try:
         text = cpuinfo.read_text()
     except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
+        return None
+    return next((line.split(":", 1)[1] for line in text.splitlines() if line.startswith(names)), None)
+
+
+def flags(cpuinfo: Path = CPUINFO) -> frozenset[str]:
+    """The first processor's feature flags (empty where the kernel does not publish them)."""
+    return frozenset((_field(cpuinfo, "flags", "Features") or "").split())
 
 
 def features(cpuinfo: Path = CPUINFO) -> dict[str, bool]:
@@ -36,12 +38,7 @@ def features(cpuinfo: Path = CPUINFO) -> dict[str, bool]:
 
 def model_name(cpuinfo: Path = CPUINFO) -> str:
     """The CPU's marketing name, or 'unknown'."""
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return "unknown"
-    names = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")]
-    return names[0] if names else "unknown"
+    return (_field(cpuinfo, "model name") or "unknown").strip()
 
 
 def bf16_refusal(where: str, cpuinfo: Path = CPUINFO) -> str | None:
