@@ -218,8 +218,8 @@ def test_an_oversized_batch_fails_fast_with_one_line_naming_the_setting(cluster,
     failed = orchard(*common, "--batch-size", "128", timeout=300)  # 128 images x MobileNetV2: > 3 GiB
     assert failed.returncode == 2, failed.stderr[-3000:]
     assert re.fullmatch(
-        r"orchard: error: Python worker out of memory: \d+ images embedded in chunks of --batch-size 128 do not "
-        r"fit in spark\.executor\.pyspark\.memory=3072m: lower --batch-size \(8 is the default\) or raise "
+        r"orchard: error: Python worker out of memory: \d+ images embedded in inference batches of --batch-size 128 "
+        r"do not fit in spark\.executor\.pyspark\.memory=3072m: lower --batch-size \(8 is the default\) or raise "
         r"spark\.executor\.pyspark\.memory \(finished shards are kept: rerun to resume\)",
         failed.stderr.strip().splitlines()[-1])
     assert "Traceback" not in failed.stderr

@@ -173,7 +173,7 @@ def test_carried_and_featurised_shard_rows_have_one_schema(spark, store, tmp_pat
     _run_shard(spark, udf, manifest, str(tmp_path / "featurised"), slots=1, images_per_task=8)
     carried, featurised = (pads.dataset(tmp_path / name, format="parquet").schema.remove_metadata()
                            for name in ("carried", "featurised"))
-    assert carried.names == featurised.names == list(schema.SHARD_ROWS)
-    assert [field.type for field in carried] == [field.type for field in featurised]
+    assert carried.names == featurised.names == schema.SHARD_ROWS.names
+    assert [field.type for field in carried] == [field.type for field in featurised] == schema.SHARD_ROWS.types
     rows = pads.dataset(tmp_path / "carried", format="parquet").to_table()
     assert rows.num_rows == 4 and rows["features"].null_count < 4  # real rows came across, not nulls

@@ -41,7 +41,7 @@ def spread(features: np.ndarray) -> float:
 def test_random_weights_give_features_that_depend_on_the_image(random_source):
     session = runtime.make_session(random_source.onnx_bytes, 2)
     images = weights.calibration_images(seed=12345, count=16)  # not the calibration batch itself
-    features = runtime.embed(session, images, chunk=8)
+    features = runtime.embed(session, images, batch_size=8)
     assert features.shape == (16, mobilenet.FEATURE_DIM) and features.dtype == np.float32
     assert np.isfinite(features).all()
     # Keras' default init gives a spread ~1e-9 (every image the same vector); calibrated BN must not.
@@ -59,11 +59,11 @@ def test_random_weights_are_seeded(random_source):
     assert "NOT meaningful" in random_source.description
 
 
-def test_chunking_does_not_change_features(random_source):
+def test_inference_batch_size_does_not_change_features(random_source):
     session = runtime.make_session(random_source.onnx_bytes, 1)
     images = weights.calibration_images(seed=3, count=10)
-    np.testing.assert_allclose(runtime.embed(session, images, chunk=3), runtime.embed(session, images, chunk=32),
-                               atol=1e-5)
+    np.testing.assert_allclose(runtime.embed(session, images, batch_size=3),
+                               runtime.embed(session, images, batch_size=32), atol=1e-5)
 
 
 def test_weights_file_roundtrip_and_onnx_cache(tmp_path):

@@ -74,8 +74,8 @@ def test_openvino_f32_matches_onnx_runtime_fp32_in_chunks(model, images):
     session = openvino_engine.make_session(model, 2, "fp32")
     assert session.compiled.get_property("INFERENCE_PRECISION_HINT") == openvino_engine.ov.Type.f32
     assert session.compiled.get_property("INFERENCE_NUM_THREADS") == 2
-    for chunk in (8, 4, 32):  # last chunks of 1 and 9 images: dynamic batch
-        features = runtime.embed(session, images, chunk)
+    for batch_size in (8, 4, 32):  # last inference batches of 1 and 9 images: dynamic batch
+        features = runtime.embed(session, images, batch_size)
         assert features.shape == (9, 1280) and features.dtype == np.float32
         cosine = quantize.cosine_similarity(reference, features)
         assert cosine.min() > 0.9999, cosine

@@ -91,6 +91,7 @@ def carry_rows(spark, base: Layout, paths: list[str], target: str) -> None:
     rows = (metadata.join(F.broadcast(keep), "path")
             .join(features, "path", "left")
             .join(errors, "path", "left"))
-    carried = [F.col(name) if name in rows.columns else F.lit(None).cast(kind).alias(name)
-               for name, kind in schema.SHARD_ROWS.items()]  # no worker seconds: nothing was featurised
+    carried = [F.col(field.name) if field.name in rows.columns
+               else F.lit(None).cast(schema.spark_type(field.type)).alias(field.name)
+               for field in schema.SHARD_ROWS]  # no worker seconds: nothing was featurised
     rows.select(*carried).write.mode("overwrite").parquet(target)

@@ -39,8 +39,7 @@ from orchard.verify import part_checksums
 TARGET_PART_BYTES = 128 * 1024 * 1024
 FEATURE_ROW_BYTES = 5200  # a features/ row in Parquet, about
 # Schemas given to Spark's Parquet reads of orchard's own files: no job to read a footer for them.
-FEATURES_DDL = schema.ddl({**{key: schema.ROW_KEYS[key] for key in ("path", "label", "split")},
-                           "features": schema.RESULT["features"]})
+FEATURES_DDL = schema.ddl(schema.FEATURES)
 
 
 @dataclass
@@ -350,7 +349,7 @@ def write_skipped(layout: Layout) -> dict[str, int]:
 
 def worker_settings(config: RunConfig, threads: int) -> WorkerSettings:
     """What Python workers need from the config (small and picklable)."""
-    return WorkerSettings(threads=threads, chunk=config.batch_size, io_threads=config.io_threads,
+    return WorkerSettings(threads=threads, batch_size=config.batch_size, io_threads=config.io_threads,
                           limits=Limits(config.max_pixels, config.max_bytes), storage=config.storage,
                           precision=config.precision)
 
@@ -430,7 +429,7 @@ def _run_shard(spark, udf, rows: pd.DataFrame, target: str, slots: int, images_p
     """One Spark job: featurise the shard's files; files the listing already failed become error rows."""
     from pyspark.sql import functions as F
 
-    keys = list(schema.ROW_KEYS)
+    keys = schema.ROW_KEYS.names
     failed = rows["list_error"].notna() if "list_error" in rows else pd.Series(False, index=rows.index)
     todo = rows[~failed]
     parts = []
@@ -441,7 +440,7 @@ def _run_shard(spark, udf, rows: pd.DataFrame, target: str, slots: int, images_p
     if failed.any():
         listed = rows[failed]
         errors = pd.DataFrame({**{key: listed[key] for key in keys},
-                               **{name: None for name in schema.WORKER_RESULT}})
+                               **{name: None for name in schema.WORKER_RESULT.names}})
         errors = errors.assign(stage="list", error=listed["list_error"])
         parts.append(spark.createDataFrame(errors, schema.ddl(schema.SHARD_ROWS)))
     result = parts[0] if len(parts) == 1 else parts[0].unionByName(parts[1])
@@ -462,10 +461,10 @@ def _shard_stats(shard: int, rows_uri: str, elapsed: float) -> dict:
     carry."""
     import pyarrow.compute as pc
 
-    table = fs.read_columns(rows_uri, ["error", *schema.SECONDS, *schema.COUNTS])
+    table = fs.read_columns(rows_uri, ["error", *schema.SECONDS.names, *schema.COUNTS.names])
     count, ok = table.num_rows, table["error"].null_count  # a null error means the image was featurised
-    worker = {name.removeprefix("seconds_"): float(pc.sum(table[name]).as_py() or 0.0) for name in schema.SECONDS}
-    tallies = {name: int(pc.sum(table[name]).as_py() or 0) for name in schema.COUNTS}
+    worker = {name.removeprefix("seconds_"): float(pc.sum(table[name]).as_py() or 0.0) for name in schema.SECONDS.names}
+    tallies = {name: int(pc.sum(table[name]).as_py() or 0) for name in schema.COUNTS.names}
     return {"shard": shard, "count": count, "ok": ok, "errors": count - ok, "seconds": elapsed,
             "worker_seconds": worker, **tallies}
 

@@ -142,7 +142,7 @@ def featurize_udf(model, model_key: str, settings: WorkerSettings):
                 frame = featurize_paths(session, paths.tolist(), settings, seconds)
             except Exception as exc:
                 if runtime.is_out_of_memory(exc):
-                    raise MemoryError(out_of_memory_message(len(paths), settings.chunk)) from exc
+                    raise MemoryError(out_of_memory_message(len(paths), settings.batch_size)) from exc
                 raise
             yield frame.assign(**seconds.per_row(len(frame)))
 
@@ -153,12 +153,12 @@ OUT_OF_MEMORY_MARK = "orchard: Python worker out of memory:"
 WORKER_DIED_MARK = "Python worker exited unexpectedly"
 
 
-def out_of_memory_message(images: int, chunk: int) -> str:
+def out_of_memory_message(images: int, batch_size: int) -> str:
     """What a worker raises when a batch does not fit: the settings involved and their values (one line)."""
     limit = os.environ.get("PYSPARK_EXECUTOR_MEMORY_MB")
     where = f"spark.executor.pyspark.memory={limit}m" if limit else "the executor's memory"
-    return (f"{OUT_OF_MEMORY_MARK} {images} images embedded in chunks of --batch-size {chunk} do not fit in "
-            f"{where}: lower --batch-size (8 is the default) or raise spark.executor.pyspark.memory")
+    return (f"{OUT_OF_MEMORY_MARK} {images} images embedded in inference batches of --batch-size {batch_size} "
+            f"do not fit in {where}: lower --batch-size (8 is the default) or raise spark.executor.pyspark.memory")
 
 
 def transient_failure(error: Exception) -> str | None:

@@ -15,7 +15,7 @@ from orchard.io import fs
 from orchard.io.reader import read_all
 from orchard.preprocess import ImageError, Limits, prepare
 
-RESULT_COLUMNS = [*schema.RESULT, *schema.COUNTS]  # per path; spark.py adds the SECONDS
+RESULT_COLUMNS = [*schema.RESULT.names, *schema.COUNTS.names]  # per path; spark.py adds the SECONDS
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class WorkerSettings:
     """What a Python worker needs besides the model; small and picklable."""
 
     threads: int = 1
-    chunk: int = 8
+    batch_size: int = 8  # images per inference call (--batch-size), not an Arrow batch
     io_threads: int = 8
     limits: Limits = field(default_factory=Limits)
     storage: fs.StorageOptions = field(default_factory=fs.StorageOptions)
@@ -41,7 +41,7 @@ class StageSeconds:
     def per_row(self, rows: int) -> dict[str, float]:
         """The schema.SECONDS columns of `rows` rows that shared these seconds (their sum is the total)."""
         share = 1.0 / max(rows, 1)
-        return {name: getattr(self, name.removeprefix("seconds_")) * share for name in schema.SECONDS}
+        return {name: getattr(self, name.removeprefix("seconds_")) * share for name in schema.SECONDS.names}
 
 
 def prepare_paths(paths: list[str], settings: WorkerSettings, seconds: StageSeconds | None = None
@@ -84,7 +84,7 @@ def featurize_paths(session, paths: list[str], settings: WorkerSettings,
     rows, tensors, ok_positions = prepare_paths(paths, settings, seconds)
     started = time.perf_counter()
     if tensors:
-        features = embed(session, np.stack(tensors), settings.chunk)
+        features = embed(session, np.stack(tensors), settings.batch_size)
         for position, vector in zip(ok_positions, features, strict=True):
             rows["features"][position] = vector
     seconds.inference += time.perf_counter() - started

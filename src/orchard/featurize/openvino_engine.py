@@ -27,7 +27,7 @@ class OpenVinoSession:
         self._request = compiled.create_infer_request()
 
     def run(self, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """Infer one chunk: `outputs` must be [OUTPUT_NAME], `feeds` {INPUT_NAME: uint8 NHWC}."""
+        """Infer one inference batch: `outputs` must be [OUTPUT_NAME], `feeds` {INPUT_NAME: uint8 NHWC}."""
         assert outputs == [OUTPUT_NAME], outputs
         result = self._request.infer({0: feeds[INPUT_NAME]})
         return [np.array(result[0], dtype=np.float32)]  # a copy: the request reuses its buffer
@@ -50,7 +50,7 @@ def make_session(onnx_bytes: bytes, threads: int, precision: str, where: str = "
     """Compile `onnx_bytes` for the CPU at `precision`; bf16 on a CPU without bf16 units raises cpu.UnsupportedCpu
     (OpenVINO would silently run f32 instead).
 
-    One stream and the latency hint: a Python worker runs one chunk at a time on its task's CPUs.
+    One stream and the latency hint: a Python worker runs one inference batch at a time on its task's CPUs.
     """
     if precision == "bf16":
         reason = cpu.bf16_refusal(where)

@@ -1,4 +1,4 @@
-"""Inference: one session per Python worker, batches in chunks. No Spark here.
+"""Inference: one session per Python worker, inference batches of --batch-size images. No Spark here.
 
 fp32 runs on ONNX Runtime (the Keras-parity engine, also used by `predict` and `serve`); `--precision bf16`
 and `int8` run on OpenVINO (featurize/openvino_engine.py, imported only then): see ENGINES.
@@ -70,13 +70,14 @@ def worker_session(model_key: str, load_bytes, threads: int, precision: str = "f
     return session
 
 
-def embed(session, images: np.ndarray, chunk: int = 8) -> np.ndarray:
-    """uint8 [N, 224, 224, 3] -> float32 [N, 1280], run in chunks (small chunks stay in cache: faster)."""
+def embed(session, images: np.ndarray, batch_size: int = 8) -> np.ndarray:
+    """uint8 [N, 224, 224, 3] -> float32 [N, 1280], one inference call per `batch_size` images (--batch-size;
+    small inference batches stay in cache: faster)."""
     if len(images) == 0:
         return np.zeros((0, FEATURE_DIM), np.float32)
     parts = [
-        session.run([OUTPUT_NAME], {INPUT_NAME: images[start : start + chunk]})[0]
-        for start in range(0, len(images), chunk)
+        session.run([OUTPUT_NAME], {INPUT_NAME: images[start : start + batch_size]})[0]
+        for start in range(0, len(images), batch_size)
     ]
     return np.concatenate(parts).astype(np.float32, copy=False)
 
