@@ -13,6 +13,7 @@ import re
 import socket
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -53,7 +54,6 @@ def get_session(options: SparkOptions | None = None, defaults: dict[str, str] | 
     options = options or SparkOptions()
     remote = remote_url(options)
     builder = _builder(remote is not None)
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = builder.appName(options.app_name)
     values = {**SESSION_DEFAULTS, **(defaults or {})}
     class_data = classdata.ClassData()
@@ -71,11 +71,27 @@ def get_session(options: SparkOptions | None = None, defaults: dict[str, str] | 
             builder = builder.config(key, value)
     if remote is not None:
         builder = builder.remote(remote)
-    spark = builder.getOrCreate()
+    with _workers_run_this_python():
+        spark = builder.getOrCreate()
     if remote is None:
         class_data.started(spark)
         spark.sparkContext.setLogLevel(os.environ.get("ORCHARD_SPARK_LOG_LEVEL", "ERROR"))
     return spark
+
+
+@contextmanager
+def _workers_run_this_python() -> Iterator[None]:
+    """PYSPARK_PYTHON = this interpreter while a session starts, unless it is set: pyspark has no other way to
+    name the workers' Python (the driver reads it when its context starts, the JVM it launches inherits it, and
+    an in-process Connect server reads it there). The process's environment is left as it was."""
+    if "PYSPARK_PYTHON" in os.environ:
+        yield
+        return
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    try:
+        yield
+    finally:
+        os.environ.pop("PYSPARK_PYTHON", None)
 
 
 def remote_url(options: SparkOptions) -> str | None:
