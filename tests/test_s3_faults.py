@@ -125,7 +125,7 @@ def test_permanent_local_errors_stay_image_errors():
 
 @pytest.mark.pure
 def test_spark_gets_an_explicit_s3a_retry_policy_and_a_stuck_job_one_line():
-    from orchard.cloud import s3 as s3conf
+    from orchard import s3a as s3conf
     from orchard.spark import transient_failure
 
     conf = s3conf.spark_conf(fs.StorageOptions("http://127.0.0.1:9000"), "s3://b/in")

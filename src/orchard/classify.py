@@ -30,8 +30,7 @@ from pyspark.ml import Transformer
 from pyspark.ml.param.shared import HasInputCol, HasOutputCol
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 
-from orchard import __version__, record
-from orchard.cloud import s3
+from orchard import __version__, record, s3a
 from orchard.config import ALGORITHMS, FEATURE_SPACES, SparkOptions
 from orchard.errors import ConfigError
 from orchard.featurize import weights
@@ -112,7 +111,7 @@ def train(output: str, *, spark=None, features: str = "pca", algorithm: str = "l
         if spark is None:
             from orchard.spark import get_session
 
-            spark = get_session(spark_options, s3.spark_conf(storage, layout.root))
+            spark = get_session(spark_options, s3a.spark_conf(storage, layout.root))
 
         from pyspark.ml import PipelineModel
         from pyspark.sql import functions as F

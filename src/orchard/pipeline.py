@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 import pandas as pd
 import pyarrow as pa
 
-from orchard import __version__, incremental, output, record, reduce, schema
+from orchard import __version__, incremental, output, record, reduce, s3a, schema
 from orchard import spark as sparkglue
-from orchard.cloud import s3
 from orchard.config import RunConfig, effective_k_rule
 from orchard.engine import engine_for
 from orchard.errors import AccountingError, ConfigError, InputError, ResourceError, StorageError, access_denied
@@ -121,7 +120,8 @@ def run(config: RunConfig, spark=None) -> RunResult:
             cpu.check_bf16("the driver")  # before Spark starts; executors check again (openvino_engine)
         layout = target.layout
         timings = Timings()
-        spark = spark or sparkglue.get_session(config.spark, s3.spark_conf(config.storage, config.input, config.output))
+        s3a_conf = s3a.spark_conf(config.storage, config.input, config.output)
+        spark = spark or sparkglue.get_session(config.spark, s3a_conf)
 
         with timings.stage("model"):
             source = weights.model_source(config.weights, config.seed)

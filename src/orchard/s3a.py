@@ -1,4 +1,4 @@
-"""S3 for Spark: the s3a settings that match orchard's own filesystem layer (io/fs.py).
+"""S3A settings for Spark: the s3a configuration that matches orchard's own filesystem layer (io/fs.py).
 
 Credentials always come from the standard AWS chain (environment, profile, instance role) on both sides;
 orchard never takes keys as options, so none can end up in run.json or on the terminal. Endpoint and
