@@ -120,8 +120,8 @@ def run(config: RunConfig, spark=None) -> RunResult:
             cpu.check_bf16("the driver")  # before Spark starts; executors check again (openvino_engine)
         layout = target.layout
         timings = Timings()
-        s3a_conf = s3a.spark_conf(config.storage, config.input, config.output)
-        spark = spark or sparkglue.get_session(config.spark, s3a_conf)
+        if spark is None:
+            spark = sparkglue.get_session(config.spark, s3a.spark_conf(config.storage, config.input, config.output))
 
         with timings.stage("model"):
             source = weights.model_source(config.weights, config.seed)
