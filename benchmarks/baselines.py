@@ -2,7 +2,7 @@
 
     python benchmarks/baselines.py reference DATA OUTPUT   # as the reference EMR teams wrote it
     python benchmarks/baselines.py fair DATA OUTPUT        # the same with the obvious fixes
-    python benchmarks/baselines.py daft DATA OUTPUT fp32   # Daft + orchard's ONNX graph (fp32 or int8)
+    python benchmarks/baselines.py daft DATA OUTPUT fp32   # Daft + orchard's ONNX graph (fp32, int8 or bf16)
 
 Both read images with Spark's binaryFile source, featurise with Keras MobileNetV2 (top removed, average
 pooling, 1280-D) inside a pandas UDF from broadcast weights, write the features to Parquet, then fit
@@ -16,8 +16,9 @@ Weights are Keras' random init: the compute is identical to ImageNet weights.
 
 - daft: Daft's native download, decode and resize (to 224x224) of every JPEG under DATA, then orchard's own
   MobileNetV2 ONNX graph (`--weights random`; int8: orchard's quantised graph, calibrated on the same
-  sample of the same images as `orchard run --precision int8`) in a Daft class UDF (2 instances, one ONNX
-  Runtime thread each), features written to Parquet. No PCA. Its seconds exclude building the graph.
+  sample of the same images as `orchard run --precision int8`) in a Daft class UDF (2 instances, one engine
+  thread each, on the engine orchard uses for that precision: ONNX Runtime for fp32, OpenVINO for int8 and
+  bf16), features written to Parquet. No PCA. Its seconds exclude building the graph.
 """
 
 import io
@@ -113,10 +114,8 @@ def daft_model(data: str, output: str, precision: str) -> bytes:
     from orchard.pipeline import reduced_precision
 
     source = model_source("random")
-    if precision == "fp32":
-        return source.onnx_bytes
     if precision != "int8":
-        raise SystemExit(f"the daft baseline runs fp32 or int8, not {precision}")
+        return source.onnx_bytes  # fp32, and bf16: the engine runs the fp32 graph in bf16
     manifest = listing.account_for_every_file(f"file:{data}")  # orchard's own listing: the same sample
     return reduced_precision(source, manifest, RunConfig(input=data, output=output, precision="int8")).onnx_bytes
 
@@ -137,12 +136,12 @@ def run_daft(data: str, output: str, precision: str) -> dict:
 
     @daft.cls(max_concurrency=2, use_process=True)
     class Embed:
-        def __init__(self, path: str):
+        def __init__(self, path: str, precision: str):
             from orchard.featurize import runtime
 
             self.runtime = runtime
-            with open(path, "rb") as file:
-                self.session = runtime.make_session(file.read(), 1)
+            with open(path, "rb") as file:  # the engine orchard runs this precision on (runtime.ENGINES)
+                self.session = runtime.make_engine_session(file.read(), 1, precision, "the Daft baseline")
 
         @daft.method.batch(return_dtype=DataType.fixed_size_list(DataType.float32(), 1280), batch_size=32)
         def __call__(self, images):
@@ -153,7 +152,7 @@ def run_daft(data: str, output: str, precision: str) -> dict:
     frame = frame.select(col("path"), resize(decode_image(download(col("path"))), 224, 224).alias("image"))
     features = os.path.join(output, "features")
     shutil.rmtree(features, ignore_errors=True)
-    frame.select(col("path"), Embed(model)(col("image")).alias("features")).write_parquet(features)
+    frame.select(col("path"), Embed(model, precision)(col("image")).alias("features")).write_parquet(features)
     total = time.perf_counter() - started
     count = daft.read_parquet(features).count_rows()
     return {"kind": "daft", "precision": precision, "images": count, "seconds": total,

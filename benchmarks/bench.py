@@ -137,8 +137,21 @@ def run_baseline(kind: str, data: Path, output: Path, orchard_images_per_s: floa
             "peak_memory_mb": {k: round(v) for k, v in memory.items()}}
 
 
+def test_accuracy(output: Path) -> float | str:
+    """The Test-split accuracy of `orchard train OUTPUT` (logistic regression on the run's PCA features), or
+    orchard's one-line reason when it cannot train (e.g. a sample too small to have a Test split)."""
+    metrics = output / "classifier" / "metrics.json"
+    if not metrics.exists():
+        done = subprocess.run([sys.executable, "-m", "orchard.cli", "train", str(output)], capture_output=True,
+                              text=True)
+        if done.returncode != 0:
+            return (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+    return round(json.loads(metrics.read_text())["accuracy"], 4)
+
+
 def compare_precision(size: int, fp32_output: Path, low_output: Path, low: dict, fp32_row: dict) -> dict:
-    """int8 (or bf16) vs fp32 on the same images: speed, per-image cosine similarity, change in PCA variance."""
+    """int8 (or bf16) vs fp32 on the same images: speed, per-image cosine similarity, change in PCA variance,
+    and the classifier's Test accuracy on each."""
     import numpy as np
     import pandas as pd
 
@@ -155,26 +168,38 @@ def compare_precision(size: int, fp32_output: Path, low_output: Path, low: dict,
         "speedup_over_fp32_featurize": round(size / timings["featurize"] / fp32_row["featurize_images_per_s"], 2),
         "cosine_median": round(float(np.median(cosine)), 4), "cosine_min": round(float(cosine.min()), 4),
         "k_for_95_percent": {"fp32": fp32_pca["k"], "low": low_pca["k"]},
+        "test_accuracy": {"fp32": test_accuracy(fp32_output), "low": test_accuracy(low_output)},
         "top10_explained_variance_max_abs_diff": round(float(np.max(np.abs(
             np.array(fp32_pca["explained_variance"][:top]) - np.array(low_pca["explained_variance"][:top])))), 5),
     }
 
 
-def measure_ceiling(weights: str, seconds: float) -> dict:
-    """ONNX Runtime alone on this machine, 2 threads, batch 8: the inference-only upper bound."""
+def measure_ceiling(weights: str, seconds: float, precision: str = "fp32") -> float:
+    """The engine orchard uses for `precision` alone on this machine, 2 threads, batch 8: the inference-only
+    upper bound, in images/s. int8 is timed on a graph calibrated on random pixels (same kernels and speed as
+    the run's graph; its features are not compared)."""
+    import tempfile
+
     import numpy as np
 
-    from orchard.featurize import runtime
+    from orchard.featurize import cpu, quantize, runtime
     from orchard.featurize.weights import model_source
 
-    session = runtime.make_session(model_source(weights).onnx_bytes, 2)
     images = np.random.default_rng(0).integers(0, 256, (64, 224, 224, 3), dtype=np.uint8)
+    graph = model_source(weights).onnx_bytes
+    if precision == "int8":
+        with tempfile.TemporaryDirectory() as cache:
+            graph = quantize.quantize_int8(graph, images[:32], Path(cache))
+    try:
+        session = runtime.make_engine_session(graph, 2, precision, "the benchmark machine")
+    except cpu.UnsupportedCpu:  # bf16 on a CPU without AVX512-BF16/AMX: the runs say why they were refused
+        return 0.0
     runtime.embed(session, images, 8)
     started, done = time.perf_counter(), 0
     while time.perf_counter() - started < seconds:
         runtime.embed(session, images, 8)
         done += len(images)
-    return {"ort_alone_2_threads_images_per_s": done / (time.perf_counter() - started)}
+    return done / (time.perf_counter() - started)
 
 
 def machine() -> dict:
@@ -240,17 +265,17 @@ def warm_other(data: Path, work: Path, extra: list[str], env_extra: dict[str, st
         time.sleep(1)  # none new after 120 s: it already existed, or class data is off
 
 
-def row(size: int, result: dict, ceiling: float) -> dict:
-    """One table row from a finished `orchard run`."""
+def row(size: int, result: dict, ceilings: dict[str, float]) -> dict:
+    """One table row from a finished `orchard run`; its share is of the engine alone at the run's precision."""
     info, timings = result["info"], result["info"]["timings"]
-    total = timings["total"]
+    total, ceiling = timings["total"], ceilings.get(info["model"].get("precision", "fp32")) or float("nan")
     return {
         "engine": info["spark"].get("engine", "classic"), "spark": info["spark"].get("version"),
         "precision": info["model"].get("precision", "fp32"),
         "images": size, "ok": info["counts"]["ok"], "seconds": round(total, 1),
         "images_per_s": round(size / total, 1),
         "featurize_images_per_s": round(size / timings["featurize"], 1),
-        "share_of_ort_alone": round(size / total / ceiling, 3),
+        "share_of_engine_alone": round(size / total / ceiling, 3),
         "stages_s": {k: round(timings.get(k, 0.0), 2) for k in ("listing", "model", "quantize", "featurize",
                                                                  "write", "pca")},
         "fixed_s": round(total - timings["featurize"], 2),
@@ -266,6 +291,19 @@ def refused_row(size: int, engine: str, precision: str, reason: str) -> dict:
     return {"engine": engine, "precision": precision, "images": size, "refused": reason}
 
 
+def has_accuracy(comparison: dict) -> bool:
+    """Whether a precision comparison holds both Test accuracies (not recorded before 2026-12-04)."""
+    return all(isinstance(v, float) for v in comparison.get("test_accuracy", {"": None}).values())
+
+
+def ceiling_text(report: dict) -> str:
+    """'fp32 (onnxruntime) 295, bf16 (openvino) 617'; results before 2026-12-04 timed ONNX Runtime fp32 only."""
+    from orchard.featurize.runtime import ENGINES
+
+    ceilings = report.get("ceilings") or {"fp32": report["ceiling"]}
+    return ", ".join(f"{p} ({ENGINES[p]}) {v:.0f}" if v else f"{p} refused" for p, v in ceilings.items())
+
+
 def markdown(report: dict) -> str:
     """The results as the README's markdown: machine line, one row per run, then comparisons and baselines."""
     m = report["machine"]
@@ -273,9 +311,9 @@ def markdown(report: dict) -> str:
         f"Benchmark {report['date']} on {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GiB; "
         f"Python {m['python']}, pyspark {m['pyspark']}, onnxruntime {m['onnxruntime']}"
         + (f", daft {report['daft']}" if report.get("daft") else "") + f"; weights "
-        f"{report['weights']}. ONNX Runtime alone (2 threads): {report['ceiling']:.0f} images/s.",
+        f"{report['weights']}. Engine alone (2 threads, images/s): {ceiling_text(report)}.",
         "",
-        "| engine | precision | images | end-to-end s | images/s | featurise images/s | share of ORT alone | "
+        "| engine | precision | images | end-to-end s | images/s | featurise images/s | share of engine alone | "
         "all but featurise s | listing s | featurise s (worker s: read / decode+resize / inference) | write s | "
         "PCA s | peak driver / JVM / worker / total MB | output MB | Daft images/s | orchard / Daft |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -288,11 +326,12 @@ def markdown(report: dict) -> str:
             continue
         s, w, mem = r["stages_s"], r["worker_s"], r["peak_memory_mb"]
         fixed = r.get("fixed_s", round(r["seconds"] - s["featurize"], 2))
+        share = r.get("share_of_engine_alone", r.get("share_of_ort_alone"))  # ORT fp32 before 2026-12-04
         daft = (f"{r['daft_images_per_s']} | {r['orchard_over_daft']}x" if "daft_images_per_s" in r
                 else r.get("daft_refused", "") + " | ")
         lines.append(
             f"| {engine} | {r.get('precision', 'fp32')} | {r['images']} | {r['seconds']} | {r['images_per_s']} | "
-            f"{r['featurize_images_per_s']} | {100 * r['share_of_ort_alone']:.0f}% | {fixed} | {s['listing']} | "
+            f"{r['featurize_images_per_s']} | {100 * share:.0f}% | {fixed} | {s['listing']} | "
             f"{s['featurize']} ({w['read']} / {w['preprocess']} / {w['inference']}) | {s['write']} | {s['pca']} | "
             f"{mem['driver_mb']} / {mem['jvm_mb']} / {mem['python_worker_mb']} / {mem['total_mb']} | "
             f"{r['output_mb']} | {daft} |")
@@ -310,7 +349,9 @@ def markdown(report: dict) -> str:
                       f"featurise {q['featurize_images_per_s']} images/s ({q['speedup_over_fp32_featurize']}x fp32); "
                       f"cosine similarity to fp32 median {q['cosine_median']}, min {q['cosine_min']}; k for 95% "
                       f"variance fp32 {q['k_for_95_percent']['fp32']} vs {name} {low}; "
-                      f"top-10 explained variance differs by at most {q['top10_explained_variance_max_abs_diff']}."]
+                      f"top-10 explained variance differs by at most {q['top10_explained_variance_max_abs_diff']}"
+                      + (f"; classifier Test accuracy fp32 {q['test_accuracy']['fp32']} vs {name} "
+                         f"{q['test_accuracy']['low']}." if has_accuracy(q) else ".")]
     if report.get("daft"):
         lines += ["", "Daft: native download, decode and resize, orchard's ONNX graph at the same precision in a "
                       "class UDF (2 processes, 1 thread each), Parquet out, no PCA; its seconds exclude building "
@@ -329,9 +370,6 @@ def add_daft(run: dict, data: Path, work: Path) -> str:
     """Run the Daft baseline on the same images at the same precision; its numbers go into `run`.
     Returns Daft's version."""
     size, precision = run["images"], run["precision"]
-    if precision not in ("fp32", "int8"):
-        run["daft_refused"] = f"no {precision} graph"
-        return ""
     daft = run_baseline("daft", data, work / f"daft-{size}-{precision}", run["images_per_s"], precision)
     run.update(daft_seconds=daft["seconds"], daft_images_per_s=daft["images_per_s"],
                orchard_over_daft=round(run["images_per_s"] / daft["images_per_s"], 2),
@@ -359,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="also run the smallest size without the driver JVM's class-data archive "
                              "(ORCHARD_JVM_CDS=0: what a machine's very first run costs)")
     parser.add_argument("--ceiling-seconds", type=float, default=5.0,
-                        help="how long to time ONNX Runtime alone (the inference ceiling)")
+                        help="how long to time each precision's engine alone (the inference ceiling)")
     parser.add_argument("--render", metavar="RESULTS_JSON",
                         help="only rewrite the markdown table of an earlier results file, and print it")
     parser.add_argument("--engines", nargs="+", default=["classic"], choices=ENGINES,
@@ -375,9 +413,9 @@ def main(argv: list[str] | None = None) -> int:
     extra = ["--weights", args.weights, *[a for a in args.extra if a != "--"]]
     precisions = ["fp32", *[p for p in dict.fromkeys(args.precisions) if p != "fp32"]]
 
-    ceiling = measure_ceiling(args.weights, args.ceiling_seconds)["ort_alone_2_threads_images_per_s"]
+    ceilings = {p: round(measure_ceiling(args.weights, args.ceiling_seconds, p), 1) for p in precisions}
     report = {"date": datetime.date.today().isoformat(), "machine": machine(), "weights": args.weights,
-              "ceiling": ceiling, "extra_options": extra, "runs": [], "baselines": [], "precisions": [],
+              "ceilings": ceilings, "extra_options": extra, "runs": [], "baselines": [], "precisions": [],
               "class_data_off": None, "daft": None}
     plans = {engine: engine_plan(engine, args.other_pyspark) for engine in args.engines}
     work, smallest = Path(args.work), min(args.sizes)
@@ -399,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
                     report["runs"].append(refused_row(size, engine, precision, str(refusal)))
                     print(json.dumps(report["runs"][-1]), flush=True)
                     continue
-                report["runs"].append(row(size, result, ceiling))
+                report["runs"].append(row(size, result, ceilings))
                 if "daft" in args.baselines and engine == args.engines[0]:
                     report["daft"] = add_daft(report["runs"][-1], data, work) or report["daft"]
                 if precision != "fp32" and size == smallest and engine == args.engines[0]:
@@ -411,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.class_data_off:
         off = run_orchard(dataset(smallest, Path(args.data)), work / f"fruits-{smallest}-no-class-data", extra,
                           {"ORCHARD_JVM_CDS": "0"})
-        report["class_data_off"] = row(smallest, off, ceiling)
+        report["class_data_off"] = row(smallest, off, ceilings)
         print(json.dumps(report["class_data_off"]), flush=True)
     for kind in (k for k in args.baselines if k != "daft"):
         data = dataset(smallest, Path(args.data))
