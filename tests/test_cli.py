@@ -296,3 +296,19 @@ def test_cheap_commands_import_no_heavy_module(args, shows, heavy):
     report = json.loads(last)
     assert report["code"] in (0, None) and shows in "\n".join(printed), done.stderr[-2000:]
     assert sorted(set(report["modules"]) & set(heavy)) == []
+
+
+@pytest.mark.pure
+def test_the_spark_submit_line_names_a_script_that_runs_orchard(tmp_path):
+    """`orchard package` prints a spark-submit line whose script is the installed CLI (cloud/ finds it without
+    importing the CLI above it); that script runs `orchard` as a plain file, as spark-submit runs it."""
+    import shlex
+
+    from orchard import __version__
+    from orchard.cloud.package import submit_command
+
+    parts = shlex.split(submit_command(tmp_path / "env.tar.gz", "yarn", ["s3://b/in", "--output", "s3://b/out"]))
+    script = Path(parts[parts.index("run") - 1])
+    assert script.name == "__main__.py" and script.parent.name == "cli" and script.is_file()
+    done = subprocess.run([sys.executable, str(script), "--version"], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout.strip()) == (0, f"orchard {__version__}"), done.stderr[-2000:]

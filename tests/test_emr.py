@@ -25,8 +25,9 @@ import pytest
 from botocore.stub import Stubber
 from infra import AWS_ENV, moto_server
 
+from orchard.cli import emr as emr_cli
 from orchard.cli import main
-from orchard.cloud import doctor, emr, emr_cli, emr_config, emr_cost, emr_driver, serverless
+from orchard.cloud import doctor, emr, emr_config, emr_cost, emr_driver, serverless
 from orchard.errors import ConfigError
 from orchard.io import fs
 from orchard.sample import SampleSpec, make_sample

@@ -81,7 +81,8 @@ def build(output: Path, python: str = sys.executable) -> Package:
 
 def submit_command(archive: Path, master: str, run_args: list[str], driver_python: str = sys.executable) -> str:
     """The spark-submit line that runs `orchard run ...` with the archive as the executors' Python."""
-    cli_file = importlib.util.find_spec("orchard.cli").origin  # found, not imported: the CLI imports this module
+    # `orchard`'s script, located without importing the CLI (cloud/ sits below it: the CLI calls this module)
+    cli_file = str(Path(importlib.util.find_spec("orchard").origin).parent / "cli" / "__main__.py")
     parts = [
         "spark-submit", "--master", master, "--deploy-mode", "client",
         "--archives", f"{archive}#environment",

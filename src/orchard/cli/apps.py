@@ -1,6 +1,5 @@
-"""CLI for what is built on a finished run: `train`, `predict`, `similar`, `serve` (thin over the API).
+"""The commands built on a finished run: `train`, `predict`, `similar`, `serve` (thin over the API).
 
-`cli.py` calls `add_app_commands` while building its parser and merges `APP_COMMANDS` into its table.
 Only `train` starts Spark; the other three load `classifier/predictor/` with NumPy and ONNX Runtime.
 """
 
@@ -10,14 +9,14 @@ import argparse
 import json
 import sys
 
-from orchard.cliargs import add_storage_options, storage_from_args
+from orchard.cli.options import add_spark_options, add_storage_options, spark_from_args, storage_from_args
 from orchard.config import ALGORITHMS, FEATURE_SPACES
 
 MODEL_HELP = ("a run output or versioned store with a trained classifier (or its classifier/ or "
               "classifier/predictor/ folder)")
 
 
-def add_app_commands(commands) -> None:
+def add_commands(commands: argparse._SubParsersAction) -> None:
     """Add the train, predict, similar and serve subcommands to `orchard`'s subparsers."""
     train = commands.add_parser(
         "train", help="fit and evaluate a classifier on a finished run (Spark MLlib)",
@@ -34,11 +33,7 @@ def add_app_commands(commands) -> None:
     train.add_argument("--max-iter", type=int, default=100, help="optimiser iterations at most (default 100)")
     train.add_argument("--train-split", default="Training", help="split to fit on (default: Training)")
     train.add_argument("--test-split", default="Test", help="split to evaluate on (default: Test)")
-    train.add_argument("--master", help="Spark master URL, e.g. local[4], spark://host:7077, yarn "
-                                        "(default: spark-submit's choice, local[*] when run directly)")
-    train.add_argument("--remote", metavar="URL", help="run on Spark Connect (sc://host:15002 or local[N])")
-    train.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
-                       help="extra Spark configuration, repeatable")
+    add_spark_options(train.add_argument_group("execution"))
     add_storage_options(train)
 
     predict = commands.add_parser(
@@ -92,13 +87,10 @@ def _load(args: argparse.Namespace, threads: int | None = None):
 
 def _train(args: argparse.Namespace) -> int:
     from orchard.classify import train
-    from orchard.config import SparkOptions, parse_conf_pairs
 
     result = train(args.output, features=args.features, algorithm=args.algorithm, train_split=args.train_split,
                    test_split=args.test_split, reg_param=args.reg_param, max_iter=args.max_iter,
-                   spark_options=SparkOptions(master=args.master, conf=parse_conf_pairs(args.conf),
-                                              remote=args.remote),
-                   storage=storage_from_args(args))
+                   spark_options=spark_from_args(args), storage=storage_from_args(args))
     print(result.summary())
     return 0
 
@@ -164,4 +156,4 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-APP_COMMANDS = {"train": _train, "predict": _predict, "similar": _similar, "serve": _serve}
+COMMANDS = {"train": _train, "predict": _predict, "similar": _similar, "serve": _serve}

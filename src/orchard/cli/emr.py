@@ -11,7 +11,7 @@ from orchard.errors import OrchardError
 DEFAULT_NOTEBOOK = "notebooks/walkthrough.ipynb"
 
 
-def add_emr_parser(commands: argparse._SubParsersAction) -> None:
+def add_commands(commands: argparse._SubParsersAction) -> None:
     """Add `orchard emr` and its subcommands to the top-level subparsers."""
     emr = commands.add_parser(
         "emr", help="AWS EMR: plan (cost), up, run, status, logs, download, down, doctor, bucket",
@@ -364,3 +364,6 @@ def _bucket(args: argparse.Namespace) -> int:
                               log_expiry_days=args.log_expiry_days, kms_key=args.kms_key):
         print(line)
     return 0
+
+
+COMMANDS = {"emr": run_emr}

@@ -1,19 +1,13 @@
-"""Command line: a thin layer over the Python API. User mistakes print one line and exit 2."""
+"""The pipeline's commands: `run`, `demo`, `sample`, `verify`, `report` and `package` (thin over the API)."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
-import os
 import sys
 
-from orchard import __version__
-from orchard.apps_cli import APP_COMMANDS, add_app_commands
-from orchard.cliargs import add_storage_options, storage_from_args
-from orchard.cloud.emr_cli import add_emr_parser, run_emr
-from orchard.config import PRECISIONS, RunConfig, SparkOptions, parse_conf_pairs, scrub, secret_values
-from orchard.errors import OrchardError, TransientReadError
+from orchard.cli.options import add_spark_options, add_storage_options, spark_from_args, storage_from_args
+from orchard.config import PRECISIONS, RunConfig
 
 
 def _split_list(value: str) -> tuple[str, ...]:
@@ -56,13 +50,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     guards.add_argument("--max-bytes", type=int, default=50_000_000,
                         help="refuse files larger than this many bytes (default 50 MB)")
     spark = parser.add_argument_group("execution (does not change results)")
-    spark.add_argument("--master", help="Spark master URL, e.g. local[4], spark://host:7077, yarn "
-                                        "(default: spark-submit's choice, local[*] when run directly)")
-    spark.add_argument("--remote", metavar="URL",
-                       help="run on Spark Connect: sc://host:15002, or local[N] for a server in this process "
-                            "(default: $SPARK_REMOTE if set, else a classic session)")
-    spark.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
-                       help="extra Spark configuration, repeatable (e.g. --conf spark.executor.memory=4g)")
+    add_spark_options(spark)
     add_storage_options(parser)
     spark.add_argument("--batch-size", type=int, default=8,
                        help="images per inference call, ONNX Runtime or OpenVINO (default 8: faster than 32 on "
@@ -79,12 +67,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     spark.add_argument("--no-progress", action="store_true", help="do not print progress lines")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The `orchard` argument parser with every subcommand."""
-    parser = argparse.ArgumentParser(prog="orchard", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"orchard {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    """Add run, sample, verify, package, demo and report to `orchard`'s subparsers."""
     run = commands.add_parser(
         "run", help="featurise an image collection and reduce it with PCA",
         description="List, decode, featurise (MobileNetV2, 1280-D) and reduce (PCA) an image collection; "
@@ -133,9 +117,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sample_options(demo)
     add_run_options(demo)
     _add_report_parser(commands)
-    add_app_commands(commands)
-    add_emr_parser(commands)
-    return parser
 
 
 def _add_sample_options(parser: argparse.ArgumentParser) -> None:
@@ -149,32 +130,8 @@ def config_from_args(args: argparse.Namespace, input_uri: str, **overrides) -> R
     """The validated RunConfig for `run`/`demo` arguments: every field from the option of the same name (a new
     option is a RunConfig field plus its add_argument), then `overrides`."""
     named = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig) if hasattr(args, f.name)}
-    spark = SparkOptions(master=args.master, conf=parse_conf_pairs(args.conf), remote=args.remote)
-    return RunConfig(**{**named, "input": input_uri, "progress": not args.no_progress, "spark": spark,
-                        "storage": storage_from_args(args), **overrides})
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point: run one subcommand; user mistakes print one line and return 2."""
-    args = build_parser().parse_args(argv)
-    for name in ("", "py4j", "py4j.java_gateway", "py4j.clientserver"):
-        logging.getLogger(name).addFilter(_broken_gateway_calls)
-    try:
-        return COMMANDS[args.command](args)
-    except (OrchardError, TransientReadError) as error:  # the latter: a read on the driver (int8 calibration)
-        secrets = secret_values(sys.argv[1:] if argv is None else argv, dict(os.environ))
-        resume = "; rerun the same command to resume" if isinstance(error, TransientReadError) else ""
-        print(f"orchard: error: {scrub(str(error), secrets)}{resume}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("orchard: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
-
-
-def _broken_gateway_calls(record: logging.LogRecord) -> bool:
-    """Drop py4j's log of each call the JVM dropped (Ctrl-C stops it: ~50 lines of tracebacks); the exception
-    itself still reaches the caller, so nothing is hidden."""
-    return "while sending command" not in record.getMessage()
+    return RunConfig(**{**named, "input": input_uri, "progress": not args.no_progress,
+                        "spark": spark_from_args(args), "storage": storage_from_args(args), **overrides})
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -270,8 +227,4 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "sample": _sample, "demo": _demo, "package": _package, "verify": _verify, "report": _report,
-            **APP_COMMANDS, "emr": run_emr}
-
-if __name__ == "__main__":
-    sys.exit(main())
+COMMANDS = {"run": _run, "sample": _sample, "demo": _demo, "package": _package, "verify": _verify, "report": _report}
