@@ -175,7 +175,7 @@ def jars() -> list[Path]:
 
 
 @pytest.mark.e2e
-def test_an_s3_run_under_faults_equals_a_run_without_and_counts_its_retries(s3, collection, jars):
+def test_an_s3_run_under_faults_equals_a_run_without_and_counts_its_retries(s3, collection, jars, aws_env):
     endpoint, client = s3
     clean = orchard("run", collection, "--output", f"s3a://{BUCKET}/out-clean", *s3_run_args(endpoint, jars),
                     env=AWS_ENV)
@@ -212,6 +212,17 @@ def test_an_s3_run_under_faults_equals_a_run_without_and_counts_its_retries(s3, 
     meta = [by_rel(dataset(client, f"{out}/metadata/"))[["path", "bytes", "sha256", "status"]]
             for out in ("out-clean", "out-faulty")]
     pd.testing.assert_frame_equal(meta[0], meta[1])
+
+    # The Python API takes the endpoint as an argument, for that call only (no AWS_ENDPOINT_URL is set here).
+    from orchard.report import write_report
+    from orchard.verify import verify
+
+    storage = fs.StorageOptions(endpoint, "eu-west-1")
+    assert all(finding.ok for finding in verify(f"s3a://{BUCKET}/out-faulty", storage))
+    assert write_report(f"s3a://{BUCKET}/out-faulty", storage=storage) == f"s3a://{BUCKET}/out-faulty/report/index.html"
+    assert "out-faulty/report/index.html" in keys_under(client, "out-faulty/report/")
+    with pytest.raises(OSError):  # each call uses its own: a dead endpoint fails though the last call's worked
+        verify(f"s3a://{BUCKET}/out-faulty", fs.StorageOptions("http://127.0.0.1:9", "eu-west-1"))
 
 
 @pytest.mark.e2e

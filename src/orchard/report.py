@@ -24,6 +24,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from orchard.io import fs
+from orchard.io.storage import StorageOptions
 from orchard.output import Layout, finished_run, read_record
 from orchard.record import RunRecord
 
@@ -58,12 +59,18 @@ class Section:
     charts: list[Chart] = field(default_factory=list)
 
 
-def write_report(output: str, destination: str | None = None) -> str:
+def write_report(output: str, destination: str | None = None, storage: StorageOptions | None = None) -> str:
     """Write the HTML report of the finished run `output` names; returns where index.html was written.
 
     `destination` is the HTML file to write (when it ends in .html/.htm) or a folder that receives
     index.html; by default `<run folder>/report/index.html`. Figures go to `figures/` next to the page.
+    `storage` sets the S3 endpoint/region for s3:// locations (default: the AWS environment), for this call.
     """
+    with fs.using_storage(storage):
+        return _write_report(output, destination)
+
+
+def _write_report(output: str, destination: str | None) -> str:
     folder = finished_run(output)
     page = html_destination(folder, destination)
     info = read_record(folder)

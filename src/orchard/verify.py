@@ -14,6 +14,7 @@ from orchard import record
 from orchard.errors import ConfigError
 from orchard.featurize.contract import FEATURE_DIM
 from orchard.io import fs
+from orchard.io.storage import StorageOptions
 from orchard.output import DATASETS, Layout, finished_run, versions
 
 MARKERS = ("_SUCCESS", "run.json", "_work", "_LATEST", *DATASETS, "model")  # what any orchard output has
@@ -49,11 +50,18 @@ def part_checksums(output: str) -> dict[str, dict[str, dict]]:
     return recorded
 
 
-def verify(location: str) -> list[Finding]:
+def verify(location: str, storage: StorageOptions | None = None) -> list[Finding]:
     """Every check on the finished run `location` names (a store: its latest version); stops early if none.
 
-    Raises ConfigError when `location` holds files but none orchard writes (the input folder, say).
+    `storage` sets the S3 endpoint/region for s3:// outputs (default: the AWS environment); it applies to
+    this call only. Raises ConfigError when `location` holds files but none orchard writes (the input
+    folder, say).
     """
+    with fs.using_storage(storage):
+        return _verify(location)
+
+
+def _verify(location: str) -> list[Finding]:
     if fs.is_nonempty_dir(location) and not versions(location) and not any(
             fs.exists(fs.join(location, marker)) for marker in MARKERS):
         raise ConfigError(f"{location} is not an orchard output (no run.json, no features/): point verify at the "

@@ -193,11 +193,9 @@ def _package(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from orchard.io import fs
     from orchard.verify import verify
 
-    with fs.using_storage(storage_from_args(args)):
-        findings = verify(args.output)
+    findings = verify(args.output, storage_from_args(args))
     for finding in findings:
         print(finding.line())
     good = all(finding.ok for finding in findings)
@@ -219,11 +217,9 @@ def _add_report_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from orchard.io import fs
     from orchard.report import write_report
 
-    with fs.using_storage(storage_from_args(args)):
-        print(f"wrote {write_report(args.output, args.out)}")
+    print(f"wrote {write_report(args.output, args.out, storage_from_args(args))}")
     return 0
 
 
