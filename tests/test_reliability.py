@@ -248,7 +248,7 @@ def test_ctrl_c_prints_one_line_and_the_rerun_finishes_identically(collection, r
         try:
             wait_for(lambda: "featurising" in log.read_text(), 180, "featurising to start")
             os.killpg(process.pid, signal.SIGINT)
-            assert process.wait(timeout=120) == 130
+            assert process.wait(timeout=120) == 130, log.read_text()[-3000:]
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import platform
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from orchard.errors import AccountingError, ConfigError, InputError, ResourceErr
 from orchard.featurize import cpu, runtime, weights
 from orchard.featurize.batch import WorkerSettings
 from orchard.featurize.quantize import COSINE_TARGETS
+from orchard.interrupt import interrupts_recorded
 from orchard.io import fs, listing
 from orchard.output import COMMITTED, DATASETS, Layout
 from orchard.preprocess import Limits
@@ -114,60 +116,71 @@ def run(config: RunConfig, spark=None) -> RunResult:
     featurising only what changed since the latest one (nothing new: the latest version is returned as is).
     """
     started = time.perf_counter()
-    with fs.using_storage(config.storage):  # for every fs call of the run, and no longer
-        target = plan_target(config)  # read-only: nothing is written before input and weights check out
-        if config.precision == "bf16":
-            cpu.check_bf16("the driver")  # before Spark starts; executors check again (openvino_engine)
-        layout = target.layout
-        timings = Timings()
-        if spark is None:
-            spark = sparkglue.get_session(config.spark, s3a.spark_conf(config.storage, config.input, config.output))
+    # the storage for every fs call of the run, and no longer; Ctrl-C stops it even if Python swallowed it
+    with fs.using_storage(config.storage), interrupts_recorded() as interrupted:
+        try:
+            return _run(config, spark, started, interrupted)
+        except Exception:
+            interrupted()  # a job that Ctrl-C cancelled fails as a Spark error: report the interrupt instead
+            raise
 
-        with timings.stage("model"):
-            source = weights.model_source(config.weights, config.seed)
-        base_info = check_base(config, target, source)
-        with timings.stage("listing"):
-            manifest, found = _load_or_list(spark, config, layout, target.state)
-        work, changes = manifest, None
-        if target.base is not None:
-            with timings.stage("compare"):
-                changes = incremental.diff(manifest, incremental.recorded_state(target.base))
-                if changes.empty and not config.refit_pca:
-                    fs.remove_tree(layout.root)
-                    return RunResult(target.base.root, {**base_info.to_dict(), "up_to_date": True})
-                work = changes.todo
-                _carry(spark, target.base, changes, layout)
-        if config.precision != "fp32":
-            with timings.stage("quantize"):
-                source = reduced_precision(source, manifest, config)
-        with timings.stage("featurize"):
-            shard_stats = featurize_shards(spark, work, source, config, layout)
-        staging = layout.staging  # nothing appears under the output folder before the commit
-        with timings.stage("write"):
-            written = write_datasets(spark, layout.rows, staging, manifest)
-        with timings.stage("pca"):
-            reuse = target.base if target.base is not None and not config.refit_pca else None
-            pca_summary = reduce_features(spark, config, staging, written["ok"], reuse, base_info)
-        if config.csv:
-            with timings.stage("csv"):
-                write_csv(spark, staging, pca_summary.k)
-        skipped = write_skipped(layout)
 
-        info = run_record(config, spark, source, manifest, found, shard_stats, written, pca_summary, timings, started)
-        info.counts.skipped, info.counts.skipped_by_reason = sum(skipped.values()), skipped
-        info.outputs = {name: getattr(layout, name) for name in (*DATASETS, "model")}
-        if config.incremental:
-            info.incremental = incremental_info(target, changes, len(work), reuse)
-            if changes is not None:
-                incremental.write_changes(changes, staging.changes)
-        info.parts = part_checksums(staging.root)
-        info.resume = {"resumed": target.state == "resume",
-                       "shards_reused": sum(s.get("reused", False) for s in shard_stats)}
-        check_accounting(info.counts)
-        commit(layout, info)
-        if target.version is not None:
-            publish(config.output, target.version)
-        return RunResult(layout.root, info.to_dict())
+def _run(config: RunConfig, spark, started: float, interrupted: Callable[[], None]) -> RunResult:
+    """The body of `run`: `interrupted()` raises KeyboardInterrupt once Ctrl-C has arrived."""
+    target = plan_target(config)  # read-only: nothing is written before input and weights check out
+    if config.precision == "bf16":
+        cpu.check_bf16("the driver")  # before Spark starts; executors check again (openvino_engine)
+    layout = target.layout
+    timings = Timings()
+    if spark is None:
+        spark = sparkglue.get_session(config.spark, s3a.spark_conf(config.storage, config.input, config.output))
+
+    with timings.stage("model"):
+        source = weights.model_source(config.weights, config.seed)
+    base_info = check_base(config, target, source)
+    with timings.stage("listing"):
+        manifest, found = _load_or_list(spark, config, layout, target.state)
+    work, changes = manifest, None
+    if target.base is not None:
+        with timings.stage("compare"):
+            changes = incremental.diff(manifest, incremental.recorded_state(target.base))
+            if changes.empty and not config.refit_pca:
+                fs.remove_tree(layout.root)
+                return RunResult(target.base.root, {**base_info.to_dict(), "up_to_date": True})
+            work = changes.todo
+            _carry(spark, target.base, changes, layout)
+    if config.precision != "fp32":
+        with timings.stage("quantize"):
+            source = reduced_precision(source, manifest, config)
+    with timings.stage("featurize"):
+        shard_stats = featurize_shards(spark, work, source, config, layout, interrupted)
+    staging = layout.staging  # nothing appears under the output folder before the commit
+    with timings.stage("write"):
+        written = write_datasets(spark, layout.rows, staging, manifest)
+    with timings.stage("pca"):
+        reuse = target.base if target.base is not None and not config.refit_pca else None
+        pca_summary = reduce_features(spark, config, staging, written["ok"], reuse, base_info)
+    if config.csv:
+        with timings.stage("csv"):
+            write_csv(spark, staging, pca_summary.k)
+    skipped = write_skipped(layout)
+
+    info = run_record(config, spark, source, manifest, found, shard_stats, written, pca_summary, timings, started)
+    info.counts.skipped, info.counts.skipped_by_reason = sum(skipped.values()), skipped
+    info.outputs = {name: getattr(layout, name) for name in (*DATASETS, "model")}
+    if config.incremental:
+        info.incremental = incremental_info(target, changes, len(work), reuse)
+        if changes is not None:
+            incremental.write_changes(changes, staging.changes)
+    info.parts = part_checksums(staging.root)
+    info.resume = {"resumed": target.state == "resume",
+                   "shards_reused": sum(s.get("reused", False) for s in shard_stats)}
+    check_accounting(info.counts)
+    interrupted()  # the last moment a Ctrl-C that Python swallowed can keep the run from looking complete
+    commit(layout, info)
+    if target.version is not None:
+        publish(config.output, target.version)
+    return RunResult(layout.root, info.to_dict())
 
 
 def commit(layout: Layout, info: RunRecord) -> None:
@@ -391,8 +404,10 @@ def shard_count(images: int, shard_size: int) -> int:
     return math.ceil(images / shard_size)
 
 
-def featurize_shards(spark, manifest: pd.DataFrame, source, config: RunConfig, layout: Layout) -> list[dict]:
-    """Featurise every shard that has no stats file yet; returns the stats of all shards."""
+def featurize_shards(spark, manifest: pd.DataFrame, source, config: RunConfig, layout: Layout,
+                     interrupted: Callable[[], None] = lambda: None) -> list[dict]:
+    """Featurise every shard that has no stats file yet; returns the stats of all shards. `interrupted()` is
+    called after each shard (it raises KeyboardInterrupt once Ctrl-C arrived)."""
     shards = shard_count(len(manifest), config.shard_size)
     done = {name for name in fs.list_files(layout.stats) if name.endswith(".json")}
     todo = [s for s in range(shards) if layout.shard_stats(s).rsplit("/", 1)[-1] not in done]
@@ -420,6 +435,7 @@ def featurize_shards(spark, manifest: pd.DataFrame, source, config: RunConfig, l
             fs.write_json(layout.shard_stats(shard), stats)  # written last: the shard is now done
             finished.append(stats)
             progress.update(done_before + len(rows))
+            interrupted()
         model.release()
     progress.close(sum(s["count"] for s in finished))
     return sorted(finished, key=lambda s: s["shard"])
