@@ -210,7 +210,9 @@ def machine() -> dict:
                 cpu = line.split(":", 1)[1].strip()
                 break
         flags = Path("/proc/cpuinfo").read_text()
-        cpu += " (AVX-512)" if "avx512f" in flags else " (AVX2)" if "avx2" in flags else ""
+        units = [name for flag, name in (("avx512f", "AVX-512"), ("avx512_bf16", "AVX512-BF16"), ("amx_bf16", "AMX"))
+                 if flag in flags] or (["AVX2"] if "avx2" in flags else [])
+        cpu += f" ({', '.join(units)})" if units else ""
     import onnxruntime
     import pyspark
 
