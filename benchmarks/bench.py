@@ -137,21 +137,8 @@ def run_baseline(kind: str, data: Path, output: Path, orchard_images_per_s: floa
             "peak_memory_mb": {k: round(v) for k, v in memory.items()}}
 
 
-def test_accuracy(output: Path) -> float | str:
-    """The Test-split accuracy of `orchard train OUTPUT` (logistic regression on the run's PCA features), or
-    orchard's one-line reason when it cannot train (e.g. a sample too small to have a Test split)."""
-    metrics = output / "classifier" / "metrics.json"
-    if not metrics.exists():
-        done = subprocess.run([sys.executable, "-m", "orchard.cli", "train", str(output)], capture_output=True,
-                              text=True)
-        if done.returncode != 0:
-            return (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
-    return round(json.loads(metrics.read_text())["accuracy"], 4)
-
-
 def compare_precision(size: int, fp32_output: Path, low_output: Path, low: dict, fp32_row: dict) -> dict:
-    """int8 (or bf16) vs fp32 on the same images: speed, per-image cosine similarity, change in PCA variance,
-    and the classifier's Test accuracy on each."""
+    """int8 (or bf16) vs fp32 on the same images: speed, per-image cosine similarity, change in PCA variance."""
     import numpy as np
     import pandas as pd
 
@@ -168,7 +155,6 @@ def compare_precision(size: int, fp32_output: Path, low_output: Path, low: dict,
         "speedup_over_fp32_featurize": round(size / timings["featurize"] / fp32_row["featurize_images_per_s"], 2),
         "cosine_median": round(float(np.median(cosine)), 4), "cosine_min": round(float(cosine.min()), 4),
         "k_for_95_percent": {"fp32": fp32_pca["k"], "low": low_pca["k"]},
-        "test_accuracy": {"fp32": test_accuracy(fp32_output), "low": test_accuracy(low_output)},
         "top10_explained_variance_max_abs_diff": round(float(np.max(np.abs(
             np.array(fp32_pca["explained_variance"][:top]) - np.array(low_pca["explained_variance"][:top])))), 5),
     }
@@ -293,11 +279,6 @@ def refused_row(size: int, engine: str, precision: str, reason: str) -> dict:
     return {"engine": engine, "precision": precision, "images": size, "refused": reason}
 
 
-def has_accuracy(comparison: dict) -> bool:
-    """Whether a precision comparison holds both Test accuracies (not recorded before 2026-12-04)."""
-    return all(isinstance(v, float) for v in comparison.get("test_accuracy", {"": None}).values())
-
-
 def ceiling_text(report: dict) -> str:
     """'fp32 (onnxruntime) 295, bf16 (openvino) 617'; results before 2026-12-04 timed ONNX Runtime fp32 only."""
     from orchard.featurize.runtime import ENGINES
@@ -351,9 +332,7 @@ def markdown(report: dict) -> str:
                       f"featurise {q['featurize_images_per_s']} images/s ({q['speedup_over_fp32_featurize']}x fp32); "
                       f"cosine similarity to fp32 median {q['cosine_median']}, min {q['cosine_min']}; k for 95% "
                       f"variance fp32 {q['k_for_95_percent']['fp32']} vs {name} {low}; "
-                      f"top-10 explained variance differs by at most {q['top10_explained_variance_max_abs_diff']}"
-                      + (f"; classifier Test accuracy fp32 {q['test_accuracy']['fp32']} vs {name} "
-                         f"{q['test_accuracy']['low']}." if has_accuracy(q) else ".")]
+                      f"top-10 explained variance differs by at most {q['top10_explained_variance_max_abs_diff']}."]
     if report.get("daft"):
         lines += ["", "Daft: native download, decode and resize, orchard's ONNX graph at the same precision in a "
                       "class UDF (2 processes, 1 thread each), Parquet out, no PCA; its seconds exclude building "
