@@ -189,20 +189,18 @@ def measure_ceiling(weights: str, seconds: float, precision: str = "fp32") -> fl
 
 
 def machine() -> dict:
-    cpu = "unknown"
-    if Path("/proc/cpuinfo").exists():
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        flags = Path("/proc/cpuinfo").read_text()
-        units = [name for flag, name in (("avx512f", "AVX-512"), ("avx512_bf16", "AVX512-BF16"), ("amx_bf16", "AMX"))
-                 if flag in flags] or (["AVX2"] if "avx2" in flags else [])
-        cpu += f" ({', '.join(units)})" if units else ""
+    """The benchmark machine: CPU (with the vector and matrix units that decide the engines' speed), cores,
+    memory and the versions that matter."""
     import onnxruntime
     import pyspark
 
-    return {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count(),
+    from orchard.featurize import cpu
+
+    present = cpu.flags()
+    units = [name for flag, name in (("avx512f", "AVX-512"), ("avx512_bf16", "AVX512-BF16"), ("amx_bf16", "AMX"))
+             if flag in present] or (["AVX2"] if "avx2" in present else [])
+    model = cpu.model_name() + (f" ({', '.join(units)})" if units else "")
+    return {"host": platform.node(), "cpu": model, "cores": os.cpu_count(),
             "memory_gb": round(psutil.virtual_memory().total / 2**30), "python": platform.python_version(),
             "pyspark": pyspark.__version__, "onnxruntime": onnxruntime.__version__}
 
@@ -256,10 +254,11 @@ def warm_other(data: Path, work: Path, extra: list[str], env_extra: dict[str, st
 def row(size: int, result: dict, ceilings: dict[str, float]) -> dict:
     """One table row from a finished `orchard run`; its share is of the engine alone at the run's precision."""
     info, timings = result["info"], result["info"]["timings"]
-    total, ceiling = timings["total"], ceilings.get(info["model"].get("precision", "fp32")) or float("nan")
+    total, precision = timings["total"], info["model"].get("precision", "fp32")
+    ceiling = ceilings.get(precision) or float("nan")
     return {
         "engine": info["spark"].get("engine", "classic"), "spark": info["spark"].get("version"),
-        "precision": info["model"].get("precision", "fp32"),
+        "precision": precision,
         "images": size, "ok": info["counts"]["ok"], "seconds": round(total, 1),
         "images_per_s": round(size / total, 1),
         "featurize_images_per_s": round(size / timings["featurize"], 1),

@@ -405,7 +405,7 @@ def shard_count(images: int, shard_size: int) -> int:
 
 
 def featurize_shards(spark, manifest: pd.DataFrame, source, config: RunConfig, layout: Layout,
-                     interrupted: Callable[[], None] = lambda: None) -> list[dict]:
+                     interrupted: Callable[[], None]) -> list[dict]:
     """Featurise every shard that has no stats file yet; returns the stats of all shards. `interrupted()` is
     called after each shard (it raises KeyboardInterrupt once Ctrl-C arrived)."""
     shards = shard_count(len(manifest), config.shard_size)
